@@ -1,0 +1,282 @@
+//! The presence index: responder → current H3 cell, and cell → responders.
+//!
+//! Plain data, no locks and no I/O. Recipient selection walks only the
+//! buckets of the covered cells, so it costs time in proportion to the cells
+//! and the responders in them, never to everyone registered. Only the cell is
+//! kept, never raw coordinates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use h3o::CellIndex;
+
+use crate::domain::{LatLng, Unit, UnitSet};
+use crate::geo;
+
+/// Dense index of a responder inside one hub process; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResponderId(pub u32);
+
+/// Where a responder was last seen: its cell and when.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Place {
+    pub cell: CellIndex,
+    pub seen_at_ms: u64,
+    /// Position of this responder's slot in its cell bucket (for O(1) moves).
+    pos: u32,
+}
+
+#[derive(Debug)]
+pub struct ResponderEntry {
+    pub sub: Arc<str>,
+    pub unit: Unit,
+    pub place: Option<Place>,
+}
+
+/// One responder in a cell bucket. Unit and freshness are copied here so the
+/// selection loop reads one contiguous array and nothing else.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    rid: ResponderId,
+    unit: Unit,
+    seen_at_ms: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct PresenceIndex {
+    ids: HashMap<Arc<str>, ResponderId>,
+    responders: Vec<ResponderEntry>,
+    cells: HashMap<CellIndex, Vec<Slot>>,
+}
+
+impl PresenceIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.responders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.responders.is_empty()
+    }
+
+    pub fn id_of(&self, sub: &str) -> Option<ResponderId> {
+        self.ids.get(sub).copied()
+    }
+
+    pub fn get(&self, rid: ResponderId) -> Option<&ResponderEntry> {
+        self.responders.get(rid.0 as usize)
+    }
+
+    /// The responder's id, registering it (without a place) on first sight.
+    pub fn intern(&mut self, sub: &Arc<str>, unit: Unit) -> ResponderId {
+        if let Some(rid) = self.ids.get(sub.as_ref()) {
+            let rid = *rid;
+            self.set_unit(rid, unit);
+            return rid;
+        }
+        let rid = ResponderId(self.responders.len() as u32);
+        self.responders.push(ResponderEntry {
+            sub: sub.clone(),
+            unit,
+            place: None,
+        });
+        self.ids.insert(sub.clone(), rid);
+        rid
+    }
+
+    fn set_unit(&mut self, rid: ResponderId, unit: Unit) {
+        let Some(entry) = self.responders.get_mut(rid.0 as usize) else {
+            return;
+        };
+        if entry.unit == unit {
+            return;
+        }
+        entry.unit = unit;
+        if let Some(place) = entry.place
+            && let Some(slot) = self
+                .cells
+                .get_mut(&place.cell)
+                .and_then(|b| b.get_mut(place.pos as usize))
+        {
+            slot.unit = unit;
+        }
+    }
+
+    /// Records that `sub` was in `cell` at `seen_at_ms`. Returns its id.
+    pub fn set_place(
+        &mut self,
+        sub: &Arc<str>,
+        unit: Unit,
+        cell: CellIndex,
+        seen_at_ms: u64,
+    ) -> ResponderId {
+        let rid = self.intern(sub, unit);
+        let idx = rid.0 as usize;
+        let old = self.responders[idx].place;
+        match old {
+            Some(place) if place.cell == cell => {
+                if let Some(slot) = self
+                    .cells
+                    .get_mut(&cell)
+                    .and_then(|b| b.get_mut(place.pos as usize))
+                {
+                    slot.seen_at_ms = seen_at_ms;
+                }
+                self.responders[idx].place = Some(Place {
+                    seen_at_ms,
+                    ..place
+                });
+            }
+            _ => {
+                if let Some(place) = old {
+                    self.remove_slot(place);
+                }
+                let bucket = self.cells.entry(cell).or_default();
+                let pos = bucket.len() as u32;
+                bucket.push(Slot {
+                    rid,
+                    unit,
+                    seen_at_ms,
+                });
+                self.responders[idx].place = Some(Place {
+                    cell,
+                    seen_at_ms,
+                    pos,
+                });
+            }
+        }
+        rid
+    }
+
+    fn remove_slot(&mut self, place: Place) {
+        let Some(bucket) = self.cells.get_mut(&place.cell) else {
+            return;
+        };
+        let pos = place.pos as usize;
+        if pos >= bucket.len() {
+            return;
+        }
+        bucket.swap_remove(pos);
+        if let Some(moved) = bucket.get(pos).copied()
+            && let Some(p) = self.responders[moved.rid.0 as usize].place.as_mut()
+        {
+            p.pos = pos as u32;
+        }
+        if bucket.is_empty() {
+            self.cells.remove(&place.cell);
+        }
+    }
+
+    /// Appends to `out` every responder of `units` seen at or after
+    /// `fresh_after_ms` in one of `cells`.
+    pub fn select_into(
+        &self,
+        cells: &[CellIndex],
+        units: UnitSet,
+        fresh_after_ms: u64,
+        out: &mut Vec<ResponderId>,
+    ) {
+        for cell in cells {
+            if let Some(bucket) = self.cells.get(cell) {
+                out.extend(
+                    bucket
+                        .iter()
+                        .filter(|s| s.seen_at_ms >= fresh_after_ms && units.contains(s.unit))
+                        .map(|s| s.rid),
+                );
+            }
+        }
+    }
+
+    /// The naive design, kept as the reference for tests and the baseline
+    /// for benches: look at every registered responder.
+    pub fn select_by_scan(
+        &self,
+        centre: LatLng,
+        radius_m: f64,
+        units: UnitSet,
+        fresh_after_ms: u64,
+    ) -> Vec<ResponderId> {
+        self.responders
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let place = r.place?;
+                let inside = place.seen_at_ms >= fresh_after_ms
+                    && units.contains(r.unit)
+                    && geo::distance_m(geo::center(place.cell), centre) <= radius_m;
+                inside.then_some(ResponderId(i as u32))
+            })
+            .collect()
+    }
+
+    /// Number of responders in each cell that is occupied (fresh ones only).
+    pub fn occupancy(&self, fresh_after_ms: u64) -> impl Iterator<Item = (CellIndex, usize)> + '_ {
+        self.cells.iter().map(move |(cell, bucket)| {
+            (
+                *cell,
+                bucket
+                    .iter()
+                    .filter(|s| s.seen_at_ms >= fresh_after_ms)
+                    .count(),
+            )
+        })
+    }
+
+    pub fn cell_count(&self) -> usize {
+        self.cells.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geo::{cell_at, resolution};
+
+    fn sub(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    #[test]
+    fn moving_keeps_buckets_consistent() {
+        let res = resolution(9).expect("res");
+        let a = cell_at(LatLng::new(30.75, 120.75).expect("ll"), res).expect("cell");
+        let b = cell_at(LatLng::new(30.76, 120.76).expect("ll"), res).expect("cell");
+        let mut idx = PresenceIndex::new();
+        for i in 0..10 {
+            idx.set_place(&sub(&format!("r{i}")), Unit::Volunteer, a, 100);
+        }
+        // Move a middle one, then the last one, and check every place is right.
+        idx.set_place(&sub("r3"), Unit::Volunteer, b, 200);
+        idx.set_place(&sub("r9"), Unit::Volunteer, b, 200);
+        let mut got = Vec::new();
+        idx.select_into(&[a], UnitSet::all(), 0, &mut got);
+        assert_eq!(got.len(), 8);
+        got.clear();
+        idx.select_into(&[b], UnitSet::all(), 0, &mut got);
+        got.sort();
+        assert_eq!(got, vec![ResponderId(3), ResponderId(9)]);
+        for (cell, bucket) in &idx.cells {
+            for (pos, slot) in bucket.iter().enumerate() {
+                let place = idx.responders[slot.rid.0 as usize].place.expect("place");
+                assert_eq!((place.cell, place.pos as usize), (*cell, pos));
+            }
+        }
+    }
+
+    #[test]
+    fn stale_and_wrong_unit_are_filtered() {
+        let res = resolution(9).expect("res");
+        let a = cell_at(LatLng::new(30.75, 120.75).expect("ll"), res).expect("cell");
+        let mut idx = PresenceIndex::new();
+        idx.set_place(&sub("fresh"), Unit::Volunteer, a, 1_000);
+        idx.set_place(&sub("stale"), Unit::Volunteer, a, 10);
+        idx.set_place(&sub("patrol"), Unit::Patrol, a, 1_000);
+        let mut got = Vec::new();
+        idx.select_into(&[a], [Unit::Volunteer].into_iter().collect(), 500, &mut got);
+        assert_eq!(got, vec![ResponderId(0)]);
+    }
+}

@@ -1,0 +1,125 @@
+//! The durable record behind one trait: alerts, the sequenced event log,
+//! who each alert targeted, acks with history, responders' last cells.
+//!
+//! [`Store::commit`] resolves only once the writes are on disk; callers send
+//! `ok` after that and never before. Implementations group concurrent
+//! commits into one transaction so a burst of acks shares each fsync.
+//! `sqlite` is the embedded implementation; a Redis one slots in behind the
+//! same trait without touching the hub or the handlers.
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::domain::{AckState, AlertId, Unit};
+use crate::hub::Frame;
+use crate::protocol::{AckRecord, Alert};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store is shut down")]
+    Closed,
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// Which of an alert's targets an event is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every target recorded at or before this event (updates).
+    Targets,
+    /// The targets recorded *by* this event (the first `alert` they get).
+    NewTargets,
+    /// One responder (e.g. a cell assignment).
+    One(Arc<str>),
+    /// Police and coordinators only.
+    StaffOnly,
+}
+
+/// One sequenced event, stored as the exact frame that was sent.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub alert: AlertId,
+    pub scope: Scope,
+    /// Whether police and coordinators receive it too.
+    pub staff: bool,
+    pub at_ms: u64,
+    pub frame: Frame,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetRecord {
+    pub sub: Arc<str>,
+    pub unit: Unit,
+}
+
+/// One change to the record.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert or replace the alert (by id).
+    Alert(Alert),
+    /// Responders first targeted by the event `first_seq`.
+    Targets {
+        alert: AlertId,
+        first_seq: u64,
+        targets: Vec<TargetRecord>,
+    },
+    Event(EventRecord),
+    /// One reported ack (kept in history) and the resulting latest state.
+    Ack {
+        record: AckRecord,
+        latest: AckState,
+    },
+    /// A responder's last cell (never raw coordinates).
+    Place {
+        sub: Arc<str>,
+        unit: Unit,
+        cell: u64,
+        at_ms: u64,
+    },
+}
+
+/// Everything the hub rebuilds its memory from at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub alerts: Vec<Alert>,
+    /// (alert, target, first seq)
+    pub targets: Vec<(AlertId, TargetRecord, u64)>,
+    /// Latest ack per (alert, responder).
+    pub acks: Vec<AckRecord>,
+    pub places: Vec<(Arc<str>, Unit, u64, u64)>,
+    pub last_seq: u64,
+}
+
+/// Whose events a replay returns.
+#[derive(Debug, Clone)]
+pub enum Viewer {
+    Staff,
+    Responder(Arc<str>),
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Applies all writes atomically; resolves after they are durable.
+    fn commit(&self, writes: Vec<Write>) -> StoreFuture<()>;
+    fn load(&self) -> StoreFuture<Snapshot>;
+    /// Events after `since` that concern `viewer`, in `seq` order.
+    fn events_since(
+        &self,
+        viewer: Viewer,
+        since: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<(u64, Frame)>>;
+    /// Every ack reported for an alert, oldest first.
+    fn ack_history(&self, alert: AlertId) -> StoreFuture<Vec<AckRecord>>;
+    /// Every event of an alert, oldest first (the alert's history).
+    fn alert_events(&self, alert: AlertId) -> StoreFuture<Vec<(u64, u64, Frame)>>;
+}

@@ -1,0 +1,531 @@
+//! The embedded store: SQLite (bundled, WAL, `synchronous=FULL`).
+//!
+//! One writer thread owns the write connection. It takes every commit that
+//! is waiting, applies them all in one transaction, commits (one fsync of
+//! the WAL), then answers each caller: group commit, so thousands of acks a
+//! second share a handful of fsyncs. Reads use a second connection, which
+//! WAL lets run beside the writer.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{Scope, Snapshot, Store, StoreError, StoreFuture, TargetRecord, Viewer, Write};
+use crate::domain::{AckState, AlertId, Unit};
+use crate::hub::Frame;
+use crate::protocol::{AckRecord, Alert};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, issued_at INTEGER NOT NULL, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_targets (
+    alert_id TEXT NOT NULL, sub TEXT NOT NULL, unit TEXT NOT NULL, first_seq INTEGER NOT NULL,
+    PRIMARY KEY (alert_id, sub)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS alert_targets_by_sub ON alert_targets (sub, alert_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, scope TEXT NOT NULL, only_sub TEXT,
+    staff INTEGER NOT NULL, at INTEGER NOT NULL, frame TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_alert ON events (alert_id, seq);
+CREATE TABLE IF NOT EXISTS acks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL, sub TEXT NOT NULL,
+    name TEXT NOT NULL, unit TEXT NOT NULL, state TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS acks_by_alert ON acks (alert_id, id);
+CREATE TABLE IF NOT EXISTS ack_latest (
+    alert_id TEXT NOT NULL, sub TEXT NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL,
+    state TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (alert_id, sub)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS places (
+    sub TEXT PRIMARY KEY, unit TEXT NOT NULL, cell INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+struct Job {
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub struct SqliteStore {
+    jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
+    reader: Arc<Mutex<Connection>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<dir>/woodpecker.db`.
+    pub fn open(dir: &Path, max_batch: usize) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("woodpecker.db");
+        let writer_conn = open(&path)?;
+        writer_conn.execute_batch(SCHEMA)?;
+        let reader = open(&path)?;
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx, max_batch.max(1)))?;
+        Ok(Self {
+            jobs: Mutex::new(Some(tx)),
+            reader: Arc::new(Mutex::new(reader)),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Stops taking writes and waits for the writer to finish what it has.
+    pub fn close(&self) {
+        self.jobs.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<T> {
+        let reader = self.reader.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&reader.lock()))
+                .await
+                .map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Job>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut writes = batch[0].writes.len();
+        while writes < max_batch {
+            match rx.try_recv() {
+                Ok(job) => {
+                    writes += job.writes.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = apply_batch(&mut conn, &batch);
+        for job in batch {
+            let reply = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+            };
+            let _ = job.done.send(reply);
+        }
+        if let Err(e) = result {
+            tracing::error!(error = %e, "store commit failed; batch rolled back");
+        }
+    }
+}
+
+fn scope_parts(scope: &Scope) -> (&'static str, Option<&str>) {
+    match scope {
+        Scope::Targets => ("targets", None),
+        Scope::NewTargets => ("new", None),
+        Scope::One(sub) => ("one", Some(sub)),
+        Scope::StaffOnly => ("staff", None),
+    }
+}
+
+fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut put_alert = tx.prepare_cached(
+            "INSERT OR REPLACE INTO alerts (id, status, issued_at, json) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut put_target = tx.prepare_cached(
+            "INSERT OR IGNORE INTO alert_targets (alert_id, sub, unit, first_seq) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut put_event = tx.prepare_cached(
+            "INSERT INTO events (seq, alert_id, scope, only_sub, staff, at, frame) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut put_ack = tx.prepare_cached(
+            "INSERT INTO acks (alert_id, sub, name, unit, state, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut put_latest = tx.prepare_cached(
+            "INSERT OR REPLACE INTO ack_latest (alert_id, sub, name, unit, state, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut put_place = tx.prepare_cached(
+            "INSERT OR REPLACE INTO places (sub, unit, cell, at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for job in batch {
+            for w in &job.writes {
+                match w {
+                    Write::Alert(a) => {
+                        let json = serde_json::to_string(a)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        put_alert.execute(params![
+                            a.id.as_str(),
+                            a.status.as_str(),
+                            a.issued_at as i64,
+                            json
+                        ])?;
+                    }
+                    Write::Targets {
+                        alert,
+                        first_seq,
+                        targets,
+                    } => {
+                        for t in targets {
+                            put_target.execute(params![
+                                alert.as_str(),
+                                &*t.sub,
+                                t.unit.as_str(),
+                                *first_seq as i64
+                            ])?;
+                        }
+                    }
+                    Write::Event(e) => {
+                        let (scope, only) = scope_parts(&e.scope);
+                        let frame = std::str::from_utf8(&e.frame)
+                            .map_err(|_| StoreError::Corrupt("frame is not UTF-8".into()))?;
+                        put_event.execute(params![
+                            e.seq as i64,
+                            e.alert.as_str(),
+                            scope,
+                            only,
+                            e.staff,
+                            e.at_ms as i64,
+                            frame
+                        ])?;
+                    }
+                    Write::Ack { record, latest } => {
+                        let r = record;
+                        put_ack.execute(params![
+                            r.alert.as_str(),
+                            r.responder,
+                            r.name,
+                            r.unit.as_str(),
+                            r.state.as_str(),
+                            r.at as i64
+                        ])?;
+                        put_latest.execute(params![
+                            r.alert.as_str(),
+                            r.responder,
+                            r.name,
+                            r.unit.as_str(),
+                            latest.as_str(),
+                            r.at as i64
+                        ])?;
+                    }
+                    Write::Place {
+                        sub,
+                        unit,
+                        cell,
+                        at_ms,
+                    } => {
+                        put_place.execute(params![
+                            &**sub,
+                            unit.as_str(),
+                            *cell as i64,
+                            *at_ms as i64
+                        ])?;
+                    }
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn unit_of(s: &str) -> Result<Unit, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("unit '{s}'")))
+}
+
+fn ack_state_of(s: &str) -> Result<AckState, StoreError> {
+    AckState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("ack state '{s}'")))
+}
+
+fn alert_id_of(s: &str) -> Result<AlertId, StoreError> {
+    AlertId::parse(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
+    let mut snap = Snapshot::default();
+    let mut stmt = conn.prepare("SELECT json FROM alerts ORDER BY issued_at")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for json in rows {
+        let alert: Alert =
+            serde_json::from_str(&json?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        snap.alerts.push(alert);
+    }
+    let mut stmt = conn.prepare("SELECT alert_id, sub, unit, first_seq FROM alert_targets")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let alert = alert_id_of(&r.get::<_, String>(0)?)?;
+        let sub: String = r.get(1)?;
+        let unit = unit_of(&r.get::<_, String>(2)?)?;
+        let first: i64 = r.get(3)?;
+        snap.targets.push((
+            alert,
+            TargetRecord {
+                sub: sub.into(),
+                unit,
+            },
+            first as u64,
+        ));
+    }
+    let mut stmt = conn.prepare("SELECT alert_id, sub, name, unit, state, at FROM ack_latest")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        snap.acks.push(AckRecord {
+            alert: alert_id_of(&r.get::<_, String>(0)?)?,
+            responder: r.get(1)?,
+            name: r.get(2)?,
+            unit: unit_of(&r.get::<_, String>(3)?)?,
+            state: ack_state_of(&r.get::<_, String>(4)?)?,
+            at: r.get::<_, i64>(5)? as u64,
+        });
+    }
+    let mut stmt = conn.prepare("SELECT sub, unit, cell, at FROM places")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let sub: String = r.get(0)?;
+        snap.places.push((
+            sub.into(),
+            unit_of(&r.get::<_, String>(1)?)?,
+            r.get::<_, i64>(2)? as u64,
+            r.get::<_, i64>(3)? as u64,
+        ));
+    }
+    snap.last_seq = conn
+        .query_row("SELECT MAX(seq) FROM events", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()?
+        .flatten()
+        .unwrap_or(0) as u64;
+    Ok(snap)
+}
+
+fn frames(rows: Vec<(i64, String)>) -> Vec<(u64, Frame)> {
+    rows.into_iter()
+        .map(|(seq, f)| (seq as u64, Frame::from(f)))
+        .collect()
+}
+
+impl Store for SqliteStore {
+    fn commit(&self, writes: Vec<Write>) -> StoreFuture<()> {
+        let (done, wait) = oneshot::channel();
+        let sent = match self.jobs.lock().as_ref() {
+            Some(tx) => tx.send(Job { writes, done }).is_ok(),
+            None => false,
+        };
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            wait.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn load(&self) -> StoreFuture<Snapshot> {
+        self.read(load_snapshot)
+    }
+
+    fn events_since(
+        &self,
+        viewer: Viewer,
+        since: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<(u64, Frame)>> {
+        self.read(move |conn| {
+            let since = since.min(i64::MAX as u64) as i64;
+            let limit = limit.min(i64::MAX as usize) as i64;
+            let rows: Vec<(i64, String)> = match viewer {
+                Viewer::Staff => {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT seq, frame FROM events WHERE seq > ?1 AND staff = 1 ORDER BY seq LIMIT ?2",
+                    )?;
+                    stmt.query_map(params![since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?
+                }
+                Viewer::Responder(sub) => {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT e.seq, e.frame FROM events e
+                           JOIN alert_targets t ON t.alert_id = e.alert_id AND t.sub = ?1
+                          WHERE e.seq > ?2
+                            AND ((e.scope = 'targets' AND e.seq >= t.first_seq)
+                              OR (e.scope = 'new' AND e.seq = t.first_seq))
+                         UNION ALL
+                         SELECT seq, frame FROM events
+                          WHERE seq > ?2 AND scope = 'one' AND only_sub = ?1
+                         ORDER BY 1 LIMIT ?3",
+                    )?;
+                    stmt.query_map(params![&*sub, since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?
+                }
+            };
+            Ok(frames(rows))
+        })
+    }
+
+    fn ack_history(&self, alert: AlertId) -> StoreFuture<Vec<AckRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT sub, name, unit, state, at FROM acks WHERE alert_id = ?1 ORDER BY id",
+            )?;
+            let mut rows = stmt.query(params![alert.as_str()])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(AckRecord {
+                    alert: alert.clone(),
+                    responder: r.get(0)?,
+                    name: r.get(1)?,
+                    unit: unit_of(&r.get::<_, String>(2)?)?,
+                    state: ack_state_of(&r.get::<_, String>(3)?)?,
+                    at: r.get::<_, i64>(4)? as u64,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn alert_events(&self, alert: AlertId) -> StoreFuture<Vec<(u64, u64, Frame)>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at, frame FROM events WHERE alert_id = ?1 AND staff = 1 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map(params![alert.as_str()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .into_iter()
+                .map(|(s, at, f)| (s, at, Frame::from(f)))
+                .collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EventRecord;
+
+    fn ack(alert: &AlertId, sub: &str, state: AckState) -> Write {
+        Write::Ack {
+            record: AckRecord {
+                alert: alert.clone(),
+                responder: sub.into(),
+                name: String::new(),
+                unit: Unit::Volunteer,
+                state,
+                at: 1,
+            },
+            latest: state,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_are_all_durable_after_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let alert = AlertId::parse("al_1").expect("id");
+        {
+            let store = Arc::new(SqliteStore::open(dir.path(), 512).expect("open"));
+            let mut tasks = Vec::new();
+            for i in 0..500 {
+                let store = store.clone();
+                let alert = alert.clone();
+                tasks.push(tokio::spawn(async move {
+                    store
+                        .commit(vec![ack(&alert, &format!("r{i}"), AckState::Accepted)])
+                        .await
+                }));
+            }
+            for t in tasks {
+                t.await.expect("join").expect("commit");
+            }
+            store.close();
+        }
+        let store = SqliteStore::open(dir.path(), 512).expect("reopen");
+        let snap = store.load().await.expect("load");
+        assert_eq!(snap.acks.len(), 500);
+        assert_eq!(store.ack_history(alert).await.expect("history").len(), 500);
+    }
+
+    #[tokio::test]
+    async fn replay_returns_only_what_concerns_the_viewer() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(dir.path(), 64).expect("open");
+        let a = AlertId::parse("al_a").expect("id");
+        let ev = |seq, scope, staff| {
+            Write::Event(EventRecord {
+                seq,
+                alert: a.clone(),
+                scope,
+                staff,
+                at_ms: 0,
+                frame: Frame::from(format!("{{\"seq\":{seq}}}")),
+            })
+        };
+        let target = |sub: &str| TargetRecord {
+            sub: sub.into(),
+            unit: Unit::Volunteer,
+        };
+        store
+            .commit(vec![
+                Write::Targets {
+                    alert: a.clone(),
+                    first_seq: 1,
+                    targets: vec![target("old")],
+                },
+                ev(1, Scope::NewTargets, true),
+                ev(2, Scope::Targets, true),
+                Write::Targets {
+                    alert: a.clone(),
+                    first_seq: 3,
+                    targets: vec![target("new")],
+                },
+                ev(3, Scope::NewTargets, false),
+                ev(4, Scope::One("old".into()), false),
+                ev(5, Scope::Targets, true),
+            ])
+            .await
+            .expect("commit");
+        let seqs = |v: Vec<(u64, Frame)>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        let old = store
+            .events_since(Viewer::Responder("old".into()), 0, 100)
+            .await
+            .expect("replay");
+        assert_eq!(seqs(old), vec![1, 2, 4, 5]);
+        let new = store
+            .events_since(Viewer::Responder("new".into()), 0, 100)
+            .await
+            .expect("replay");
+        assert_eq!(seqs(new), vec![3, 5]);
+        let staff = store
+            .events_since(Viewer::Staff, 1, 100)
+            .await
+            .expect("replay");
+        assert_eq!(seqs(staff), vec![2, 5]);
+        let nobody = store
+            .events_since(Viewer::Responder("x".into()), 0, 100)
+            .await
+            .expect("replay");
+        assert!(nobody.is_empty());
+        assert_eq!(store.load().await.expect("load").last_seq, 5);
+    }
+}
