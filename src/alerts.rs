@@ -293,6 +293,7 @@ pub struct AlertMetrics {
     pub alerts_issued: AtomicU64,
     pub events: AtomicU64,
     pub frames_fanned_out: AtomicU64,
+    /// Sessions closed because they could not keep up (counted by the transport).
     pub slow_sessions: AtomicU64,
     pub acks: AtomicU64,
     pub locations: AtomicU64,
@@ -522,10 +523,6 @@ impl Alerts {
             .metrics
             .frames_fanned_out
             .fetch_add(d.frames as u64, Ordering::Relaxed);
-        inner
-            .metrics
-            .slow_sessions
-            .fetch_add(d.slow as u64, Ordering::Relaxed);
         d
     }
 

@@ -92,6 +92,7 @@ pub fn authority(settings: &Settings) -> Result<Authority, AppError> {
 
 /// Starts the hub on an already-bound listener (tests bind `127.0.0.1:0`).
 pub async fn start(settings: Settings, listener: TcpListener) -> Result<Running, AppError> {
+    crate::install_crypto_provider();
     let settings = Arc::new(settings);
     let addr = listener.local_addr()?;
     let auth = Arc::new(authority(&settings)?);

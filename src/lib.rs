@@ -41,3 +41,9 @@ pub mod hub;
 pub mod protocol;
 pub mod store;
 pub mod ws;
+
+/// rustls needs one process-wide crypto provider before the first TLS client
+/// (reqwest for Web Push); installing it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

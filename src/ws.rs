@@ -323,7 +323,11 @@ async fn run(mut socket: WebSocket, app: AppState) {
                 return;
             }
             Event::Overflow => {
-                tracing::debug!(session = sid.0, "closing slow consumer");
+                tracing::debug!(session = sid.0, "closing slow consumer: outbox full");
+                app.alerts
+                    .metrics()
+                    .slow_sessions
+                    .fetch_add(1, Ordering::Relaxed);
                 let err =
                     ApiError::new(ErrorCode::Slow, "client too slow; reconnect with since_seq");
                 return fail(&mut socket, err).await;
@@ -334,11 +338,10 @@ async fn run(mut socket: WebSocket, app: AppState) {
                 let mut fed = 0;
                 while let Some(it) = item.take() {
                     if it.seq == 0 || it.seq > replayed_upto {
-                        if !matches!(
-                            timeout(write_timeout, socket.feed(text(it.frame))).await,
-                            Ok(Ok(()))
-                        ) {
-                            return;
+                        match timeout(write_timeout, socket.feed(text(it.frame))).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return,
+                            Err(_) => return stalled(&app, sid),
                         }
                         fed += 1;
                     }
@@ -346,8 +349,10 @@ async fn run(mut socket: WebSocket, app: AppState) {
                         item = rx.try_recv().ok();
                     }
                 }
-                if !matches!(timeout(write_timeout, socket.flush()).await, Ok(Ok(()))) {
-                    return;
+                match timeout(write_timeout, socket.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return stalled(&app, sid),
                 }
             }
             Event::Heartbeat => {
@@ -412,6 +417,16 @@ async fn run(mut socket: WebSocket, app: AppState) {
             }
         }
     }
+}
+
+/// The peer stopped reading and the socket would not take a write within the
+/// timeout: a slow consumer whose close frame cannot even be written. Drop it.
+fn stalled(app: &AppState, sid: SessionId) {
+    tracing::debug!(session = sid.0, "closing slow consumer: write timed out");
+    app.alerts
+        .metrics()
+        .slow_sessions
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// One client message → the reply frame (`ok`, `pong`, or `error`).
