@@ -55,6 +55,34 @@ enum Command {
         #[arg(long)]
         ttl: Option<String>,
     },
+    /// Print the hub's VAPID public key, creating `<data_dir>/vapid.key` as
+    /// `serve` would when no key is configured.
+    VapidKeys {
+        #[command(flatten)]
+        common: Common,
+        /// Print a fresh key pair instead and store nothing (for
+        /// `WOODPECKER__PUSH__VAPID_PRIVATE_KEY` or a secret manager).
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Run the hub with simulated responders, and print the pages to open.
+    Demo {
+        /// Config file (default: config/woodpecker.toml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// ADDR:PORT to listen on (`127.0.0.1:0` picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Simulated responders to connect.
+        #[arg(long, default_value_t = 2000)]
+        responders: usize,
+        /// Seed of the simulated population.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Issue one example alert this many seconds after start.
+        #[arg(long)]
+        example_alert: Option<u64>,
+    },
 }
 
 fn load(common: &Common, listen: Option<String>) -> anyhow::Result<Settings> {
@@ -100,6 +128,50 @@ fn main() -> anyhow::Result<()> {
             let authority = woodpecker::app::authority(&settings)?;
             println!("{}", authority.mint(&sub, role, unit, &name, ttl)?);
             Ok(())
+        }
+        Command::VapidKeys { common, generate } => {
+            if generate {
+                let (private_key, public_key) = woodpecker::push::vapid::generate();
+                println!("public_key={public_key}");
+                println!("private_key={private_key}");
+                return Ok(());
+            }
+            let settings = load(&common, None)?;
+            let (key, source) = woodpecker::push::vapid::load_or_create(
+                &settings.push,
+                &settings.server.data_dir,
+            )?;
+            println!("public_key={}", key.public_key());
+            println!("private_key_source={source}");
+            Ok(())
+        }
+        Command::Demo {
+            config,
+            listen,
+            responders,
+            seed,
+            example_alert,
+        } => {
+            let common = Common {
+                config,
+                data_dir: None,
+            };
+            let settings = load(&common, listen)?;
+            init_tracing();
+            let options = woodpecker::demo::DemoOptions {
+                responders,
+                seed,
+                example_alert_after: example_alert.map(std::time::Duration::from_secs),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let addr = settings.listen_addr()?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?;
+                woodpecker::demo::run(settings, listener, options, shutdown_signal()).await?;
+                anyhow::Ok(())
+            })
         }
     }
 }
