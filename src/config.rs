@@ -60,6 +60,7 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
+    pub push: crate::push::PushSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +221,7 @@ impl Default for Settings {
             alerts: AlertSettings::default(),
             store: StoreSettings::default(),
             bus: BusSettings::default(),
+            push: crate::push::PushSettings::default(),
         }
     }
 }
@@ -335,6 +337,7 @@ impl Settings {
                 format!("'{}' is not available (local)", self.bus.backend),
             ));
         }
+        self.push.validate()?;
         crate::auth::parse_duration(&self.auth.default_ttl)
             .map_err(|e| bad("auth.default_ttl", e.to_string()))?;
         if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {

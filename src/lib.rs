@@ -40,6 +40,7 @@ pub mod domain;
 pub mod geo;
 pub mod hub;
 pub mod protocol;
+pub mod push;
 pub mod store;
 pub mod ws;
 

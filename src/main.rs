@@ -137,10 +137,8 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let settings = load(&common, None)?;
-            let (key, source) = woodpecker::push::vapid::load_or_create(
-                &settings.push,
-                &settings.server.data_dir,
-            )?;
+            let (key, source) =
+                woodpecker::push::vapid::load_or_create(&settings.push, &settings.server.data_dir)?;
             println!("public_key={}", key.public_key());
             println!("private_key_source={source}");
             Ok(())
