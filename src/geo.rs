@@ -60,38 +60,55 @@ pub fn boundary(cell: CellIndex) -> Vec<[f64; 2]> {
 }
 
 /// Every cell of resolution `res` whose centre lies within `radius_m` of
-/// `centre`, sorted.
+/// `centre` (in no particular order).
 ///
-/// The search ring `k` comes from the *measured* spacing of neighbouring cell
-/// centres around `centre` (with a margin for the distortion across the
-/// disk), not from the average edge length: the average overestimates the
-/// spacing by ~20 % and would miss cells at the rim.
+/// Works ring by ring out from the centre's cell, with bounds taken from the
+/// *measured* spacing of neighbouring cell centres there (the average edge
+/// length overestimates it by ~20 % and would miss cells at the rim):
+/// - a cell `d` steps out is at most `d × widest step` away, so rings that
+///   close are inside without computing a centre;
+/// - it is at least `d × narrowest step × √3/2` away, so the walk stops at
+///   the first ring that must lie outside.
+///
+/// Only the band between the two is checked exactly (great-circle distance
+/// of the cell centre), which is what bounds the cost for large radii.
 pub fn cover(centre: LatLng, radius_m: f64, res: Resolution) -> Result<Vec<CellIndex>, GeoError> {
     let origin = cell_at(centre, res)?;
-    let k = safe_ring(origin, radius_m);
-    let mut cells: Vec<CellIndex> = origin
-        .grid_disk::<Vec<_>>(k)
+    let here = self::center(origin);
+    let (narrowest, widest) = neighbour_spacing(origin, here);
+    let offset = distance_m(here, centre);
+    // Margins: cell size drifts by a few per cent over the largest disk
+    // config allows; 10 % either way keeps both bounds safe.
+    let min_step = narrowest * 0.9 * (3f64.sqrt() / 2.0);
+    let max_step = widest * 1.1;
+    let outermost = ((radius_m + offset) / min_step).ceil() as u32 + 1;
+    let surely_inside = if radius_m > offset {
+        ((radius_m - offset) / max_step).floor() as u32
+    } else {
+        0
+    };
+    let cells = origin
+        .grid_disk_distances::<Vec<(CellIndex, u32)>>(outermost)
         .into_iter()
-        .filter(|cell| distance_m(center(*cell), centre) <= radius_m)
+        .filter(|(cell, d)| {
+            (*d <= surely_inside && radius_m > offset)
+                || distance_m(self::center(*cell), centre) <= radius_m
+        })
+        .map(|(cell, _)| cell)
         .collect();
-    cells.sort_unstable();
     Ok(cells)
 }
 
-/// A grid distance large enough that every cell centre within `radius_m` of
-/// any point of `origin` lies inside `origin.grid_disk(k)`.
-fn safe_ring(origin: CellIndex, radius_m: f64) -> u32 {
-    let here = center(origin);
-    let min_spacing = origin
+/// The shortest and longest distance from `origin`'s centre to a neighbour's.
+fn neighbour_spacing(origin: CellIndex, here: LatLng) -> (f64, f64) {
+    origin
         .grid_disk::<Vec<_>>(1)
         .into_iter()
         .filter(|c| *c != origin)
-        .map(|c| distance_m(center(c), here))
-        .fold(f64::INFINITY, f64::min);
-    // 0.8: H3 cell size varies by far less than 20 % over the largest disk
-    // config allows (tens of km); +1 for the offset of the point within its cell.
-    let spacing = (min_spacing * 0.8).max(0.5);
-    ((radius_m / spacing).ceil() as u32).saturating_add(1)
+        .map(|c| distance_m(self::center(c), here))
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), d| {
+            (lo.min(d), hi.max(d))
+        })
 }
 
 #[cfg(test)]
@@ -114,7 +131,8 @@ mod tests {
     #[test]
     fn two_km_cover_matches_a_brute_force_scan() {
         let res = resolution(9).expect("res");
-        let cells = cover(jiaxing(), 2000.0, res).expect("cover");
+        let mut cells = cover(jiaxing(), 2000.0, res).expect("cover");
+        cells.sort_unstable();
         // Brute force over a much larger disk.
         let origin = cell_at(jiaxing(), res).expect("cell");
         let mut brute: Vec<_> = origin

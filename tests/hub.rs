@@ -692,3 +692,147 @@ fn expired_token() -> String {
                       "exp": now_s() - 3600, "iat": now_s() - 7200}),
     )
 }
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_by_the_heartbeat() {
+    let app = TestApp::spawn_with(|s| s.ws.heartbeat_s = 1).await;
+    let c = Client::hello(app.addr, &app.responder_token("v-1", Unit::Volunteer), None).await;
+    assert_eq!(c.welcome["heartbeat_s"], 1);
+    // The client never reads, so it never answers the server's pings.
+    let mut sessions = 1;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, h) = app.get(&app.police, "/healthz").await;
+        sessions = h["sessions"].as_u64().unwrap_or(99);
+        if sessions == 0 {
+            break;
+        }
+    }
+    assert_eq!(sessions, 0, "the dead peer is still registered");
+    drop(c);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_and_shutdown_closes_with_1001() {
+    let app = TestApp::spawn_with(|s| s.ws.max_connections = 2).await;
+    let mut a = Client::hello(app.addr, &app.police, None).await;
+    let _b = Client::hello(app.addr, &app.coordinator, None).await;
+    let third = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr)).await;
+    match third {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503)
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let stopping = tokio::spawn(app.stop());
+    assert_eq!(a.close_code().await, Some(1001));
+    stopping.await.expect("stop");
+}
+
+#[tokio::test]
+async fn invalid_config_names_the_setting() {
+    let err = woodpecker::config::Settings::load(
+        Some(std::path::Path::new("does/not/exist.toml")),
+        &Default::default(),
+    )
+    .expect_err("missing file");
+    assert!(err.to_string().contains("does/not/exist.toml"), "{err}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[ws]\noutbox_capacity = 0\n").expect("write");
+    let err =
+        woodpecker::config::Settings::load(Some(&file), &Default::default()).expect_err("invalid");
+    assert!(err.to_string().contains("ws.outbox_capacity"), "{err}");
+    std::fs::write(&file, "[geo]\nresolution_typo = 3\n").expect("write");
+    let err = woodpecker::config::Settings::load(Some(&file), &Default::default())
+        .expect_err("unknown key");
+    assert!(err.to_string().contains("resolution_typo"), "{err}");
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_its_tokens_are_accepted_and_env_overrides_apply() {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+    let bin = env!("CARGO_BIN_EXE_woodpecker");
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().to_str().expect("utf8 path");
+
+    // A bad value from the environment stops start-up and is named.
+    let out = tokio::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+        .env("WOODPECKER__GEO__PRESENCE_RESOLUTION", "16")
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("geo.presence_resolution"), "{stderr}");
+
+    let mut child = tokio::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+        .env("WOODPECKER__WS__HEARTBEAT_S", "7")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("in time")
+        .expect("read")
+        .expect("a line");
+    let url = first
+        .strip_prefix("listening on http://")
+        .expect("first line names the address");
+    let addr: std::net::SocketAddr = url.parse().expect("addr");
+
+    let token = tokio::process::Command::new(bin)
+        .args([
+            "token",
+            "--data-dir",
+            data,
+            "--sub",
+            "v-9",
+            "--role",
+            "responder",
+            "--unit",
+            "patrol",
+            "--ttl",
+            "1h",
+        ])
+        .output()
+        .await
+        .expect("token");
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
+    let c = Client::hello(addr, &token, None).await;
+    assert_eq!(c.welcome["user"]["sub"], "v-9");
+    assert_eq!(c.welcome["user"]["unit"], "patrol");
+    assert_eq!(
+        c.welcome["heartbeat_s"], 7,
+        "the environment override applied"
+    );
+
+    let bad = tokio::process::Command::new(bin)
+        .args([
+            "token",
+            "--data-dir",
+            data,
+            "--sub",
+            "x",
+            "--role",
+            "wizard",
+        ])
+        .output()
+        .await
+        .expect("token");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
+    let _ = child.kill().await;
+}

@@ -280,3 +280,59 @@ mod tests {
         assert_eq!(got, vec![ResponderId(0)]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::geo::{cell_at, cover, resolution};
+    use proptest::prelude::*;
+
+    fn point(north_m: f64, east_m: f64) -> LatLng {
+        let lat = 30.7522 + north_m / 111_320.0;
+        let lng = 120.7585 + east_m / (111_320.0 * 30.7522_f64.to_radians().cos());
+        LatLng { lat, lng }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Selection through the cell buckets equals a scan of everyone.
+        #[test]
+        fn selection_equals_brute_force(
+            people in prop::collection::vec((-6000.0..6000.0f64, -6000.0..6000.0f64, 0u8..3, 0u64..1000), 1..300),
+            moves in prop::collection::vec((0usize..300, -6000.0..6000.0f64, -6000.0..6000.0f64), 0..50),
+            centre in (-3000.0..3000.0f64, -3000.0..3000.0f64),
+            radius in 50.0..5000.0f64,
+            units_mask in 1u8..8,
+            fresh_after in 0u64..1000,
+        ) {
+            let res = resolution(9).expect("res");
+            let mut idx = PresenceIndex::new();
+            let unit_of = |u: u8| Unit::ALL[u as usize];
+            for (i, (n, e, u, seen)) in people.iter().enumerate() {
+                let sub: Arc<str> = format!("r{i}").into();
+                let cell = cell_at(point(*n, *e), res).expect("cell");
+                idx.set_place(&sub, unit_of(*u), cell, *seen);
+            }
+            for (who, n, e) in moves {
+                let i = who % people.len();
+                let sub: Arc<str> = format!("r{i}").into();
+                let cell = cell_at(point(n, e), res).expect("cell");
+                idx.set_place(&sub, unit_of(people[i].2), cell, people[i].3 + 1);
+            }
+            let units: UnitSet = Unit::ALL
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| units_mask & (1 << i) != 0)
+                .map(|(_, u)| u)
+                .collect();
+            let c = point(centre.0, centre.1);
+            let cells = cover(c, radius, res).expect("cover");
+            let mut fast = Vec::new();
+            idx.select_into(&cells, units, fresh_after, &mut fast);
+            fast.sort();
+            let mut slow = idx.select_by_scan(c, radius, units, fresh_after);
+            slow.sort();
+            prop_assert_eq!(fast, slow);
+        }
+    }
+}
