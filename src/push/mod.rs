@@ -131,8 +131,10 @@ impl PushSettings {
             ));
         }
         if !self.vapid_private_key.is_empty() {
-            vapid::parse_private_key(self.vapid_private_key.expose())
-                .map_err(|e| bad("push.vapid_private_key", e.to_string()))?;
+            vapid::parse_private_key(self.vapid_private_key.expose()).map_err(|e| match e {
+                PushError::Key(problem) => bad("push.vapid_private_key", problem),
+                e => bad("push.vapid_private_key", e.to_string()),
+            })?;
         }
         if !(1..=256).contains(&self.workers) {
             return Err(bad("push.workers", "must be between 1 and 256"));
