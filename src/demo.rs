@@ -122,6 +122,59 @@ pub struct Demo {
     extra: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A person at a page: the demo signs them in with one click.
+struct Human {
+    label: &'static str,
+    role: Role,
+    unit: Option<Unit>,
+    sub: &'static str,
+    name: &'static str,
+    page: &'static str,
+}
+
+const HUMANS: [Human; 5] = [
+    Human {
+        label: "Police officer Li 李警官",
+        role: Role::Police,
+        unit: None,
+        sub: "demo-police",
+        name: "李警官",
+        page: "police.html",
+    },
+    Human {
+        label: "Coordinator Chen 陈协调员",
+        role: Role::Coordinator,
+        unit: None,
+        sub: "demo-coordinator",
+        name: "陈协调员",
+        page: "coordinator.html",
+    },
+    Human {
+        label: "Volunteer (you) 志愿者（你）",
+        role: Role::Responder,
+        unit: Some(Unit::Volunteer),
+        sub: "demo-you-volunteer",
+        name: "你（志愿者）",
+        page: "responder.html",
+    },
+    Human {
+        label: "Patrol (you) 巡逻队（你）",
+        role: Role::Responder,
+        unit: Some(Unit::Patrol),
+        sub: "demo-you-patrol",
+        name: "你（巡逻队）",
+        page: "responder.html",
+    },
+    Human {
+        label: "Staff (you) 工作人员（你）",
+        role: Role::Responder,
+        unit: Some(Unit::Staff),
+        sub: "demo-you-staff",
+        name: "你（工作人员）",
+        page: "responder.html",
+    },
+];
+
 /// Runs the demo until `shutdown` resolves, printing the address first and
 /// then the three page URLs with their sign-in links.
 pub async fn run(
@@ -153,56 +206,14 @@ pub async fn start(
     let addr = listener.local_addr().map_err(AppError::Io)?;
     let base = page_base(addr);
 
-    let humans: [(&'static str, Role, Option<Unit>, &str, &str, &str); 5] = [
-        (
-            "Police officer Li 李警官",
-            Role::Police,
-            None,
-            "demo-police",
-            "李警官",
-            "police.html",
-        ),
-        (
-            "Coordinator Chen 陈协调员",
-            Role::Coordinator,
-            None,
-            "demo-coordinator",
-            "陈协调员",
-            "coordinator.html",
-        ),
-        (
-            "Volunteer (you) 志愿者（你）",
-            Role::Responder,
-            Some(Unit::Volunteer),
-            "demo-you-volunteer",
-            "你（志愿者）",
-            "responder.html",
-        ),
-        (
-            "Patrol (you) 巡逻队（你）",
-            Role::Responder,
-            Some(Unit::Patrol),
-            "demo-you-patrol",
-            "你（巡逻队）",
-            "responder.html",
-        ),
-        (
-            "Staff (you) 工作人员（你）",
-            Role::Responder,
-            Some(Unit::Staff),
-            "demo-you-staff",
-            "你（工作人员）",
-            "responder.html",
-        ),
-    ];
-    let mut sign_ins = Vec::with_capacity(humans.len());
-    for (label, role, unit, sub, name, page) in humans {
-        let token = authority.mint(sub, role, unit, name, TOKEN_TTL)?;
-        let url = format!("{base}/{page}#token={token}");
+    let mut sign_ins = Vec::with_capacity(HUMANS.len());
+    for h in &HUMANS {
+        let token = authority.mint(h.sub, h.role, h.unit, h.name, TOKEN_TTL)?;
+        let url = format!("{base}/{}#token={token}", h.page);
         sign_ins.push(SignIn {
-            label,
-            role,
-            sub: sub.to_string(),
+            label: h.label,
+            role: h.role,
+            sub: h.sub.to_string(),
             token,
             url,
         });

@@ -434,7 +434,7 @@ async function assign(ev) {
     await loadGrid(state.selected);
     renderCell();
   } catch (e) {
-    err.textContent = e.status === 404 && e.code !== 'not_found' ? t('grid_pending') : t('err_assign', { reason: e.message });
+    err.textContent = t('err_assign', { reason: e.message });
   } finally {
     btn.disabled = false;
   }

@@ -280,6 +280,7 @@ function raiseAlarm(id) {
   const box = $('#alarm');
   box.hidden = false;
   document.body.style.overflow = 'hidden';
+  fitAlert(a);
   $('#alarm-accept').focus();
   startSiren();
   announce(t('alarm_announce', { title: a.title }), { assertive: true });
@@ -440,7 +441,7 @@ function renderList() {
   $('#alert-list').replaceChildren(
     ...items.map((e) =>
       el('li', { class: 'alert-item' },
-        el('button', { type: 'button', 'aria-current': e.alert.id === state.current ? 'true' : 'false', onclick: () => { state.current = e.alert.id; renderAll(); $('#current-h').scrollIntoView({ block: 'nearest' }); } },
+        el('button', { type: 'button', 'aria-current': e.alert.id === state.current ? 'true' : 'false', onclick: () => { state.current = e.alert.id; renderAll(); fitAlert(e.alert); $('#current-h').scrollIntoView({ block: 'nearest' }); } },
           el('span', { class: `state state-${e.alert.status}` }, t('status_' + e.alert.status)), ' ',
           el('strong', {}, e.alert.title),
           el('span', { class: 'meta' }, `${fmtTime(e.alert.issued_at)} · ${t('ack_' + e.my)}`),
@@ -449,6 +450,15 @@ function renderList() {
     ),
   );
   $('#alert-list-empty').hidden = items.length > 0;
+}
+
+/** Shows the whole alert area (and where I am) on the map. */
+function fitAlert(a) {
+  if (!state.map) return;
+  const L = window.L;
+  const bounds = L.latLng(a.center.lat, a.center.lng).toBounds(a.radius_m * 2);
+  if (state.pos) bounds.extend([state.pos.lat, state.pos.lng]);
+  state.map.fitBounds(bounds, { padding: [16, 16] });
 }
 
 function drawMe() {
@@ -650,6 +660,8 @@ async function main() {
     },
   });
   state.socket.start();
+  // For tests and field debugging: the page's state, read-only by convention.
+  window.woodpeckerResponder = state;
 
   setDuty(storage.get(state.keys.duty) === '1');
   const open = [...state.entries.values()].filter(isOpen).sort((a, b) => b.alert.issued_at - a.alert.issued_at);
@@ -657,8 +669,38 @@ async function main() {
   renderLocation();
   renderAll();
 
+  // A notification tap opens /responder.html?alert=ID.
+  const wanted = new URLSearchParams(location.search).get('alert');
+  if (wanted && state.entries.has(wanted)) {
+    state.current = wanted;
+    renderAll();
+  }
+
   const reg = await registerServiceWorker();
+  if ('serviceWorker' in navigator) {
+    navigator.serviceWorker.addEventListener('message', (ev) => onWorkerMessage(ev.data, reg));
+  }
   setupPush(reg);
+}
+
+/** What the service worker tells an open page (see web/sw.js). */
+function onWorkerMessage(data, registration) {
+  if (!data || typeof data !== 'object') return;
+  if (data.type === 'woodpecker.push') {
+    // The socket may have dropped silently: make sure it is up; the event
+    // itself arrives over it (replayed with since_seq if need be).
+    state.socket?.reconnectNow();
+  } else if (data.type === 'woodpecker.open_alert' && data.alert) {
+    if (state.entries.has(data.alert)) {
+      state.current = data.alert;
+      renderAll();
+      const e = entry(data.alert);
+      if (isOpen(e) && RANK[e.my] < 2) raiseAlarm(data.alert);
+    }
+    state.socket?.reconnectNow();
+  } else if (data.type === 'woodpecker.resubscribe') {
+    setupPush(registration);
+  }
 }
 
 function onMessage(msg) {
