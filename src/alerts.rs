@@ -223,6 +223,8 @@ struct AlertEntry {
     target_rids: Vec<ResponderId>,
     acks: HashMap<Arc<str>, AckState>,
     reached: HashSet<Arc<str>>,
+    /// Responders at least one of whose devices accepted a push.
+    pushed: HashSet<Arc<str>>,
     counts: AckCounts,
     watchers: HashSet<SessionId>,
 }
@@ -235,6 +237,7 @@ impl AlertEntry {
             target_rids: Vec::new(),
             acks: HashMap::new(),
             reached: HashSet::new(),
+            pushed: HashSet::new(),
             counts: AckCounts::default(),
             watchers: HashSet::new(),
         }
@@ -315,6 +318,7 @@ struct Inner {
     sequencer: tokio::sync::Mutex<()>,
     alerts: Mutex<HashMap<AlertId, AlertEntry>>,
     metrics: AlertMetrics,
+    push: std::sync::OnceLock<crate::push::PushService>,
 }
 
 impl Alerts {
@@ -336,6 +340,7 @@ impl Alerts {
                 sequencer: tokio::sync::Mutex::new(()),
                 alerts: Mutex::new(HashMap::new()),
                 metrics: AlertMetrics::default(),
+                push: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -350,6 +355,46 @@ impl Alerts {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Hands offline targets to Web Push from now on.
+    pub fn set_push(&self, push: crate::push::PushService) {
+        let _ = self.inner.push.set(push);
+    }
+
+    /// The hook for [`crate::push::PushService::start`]: counts `push_sent`
+    /// (responders with a device that accepted a push) and streams the new
+    /// `ack_summary`. Holds the service weakly, so no reference cycle.
+    pub fn push_hook(&self) -> crate::push::OutcomeHook {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move |o: crate::push::PushOutcome| {
+            let Some(inner) = weak.upgrade() else { return };
+            if o.result != crate::push::PushResult::Sent {
+                return;
+            }
+            let changed = inner.alerts.lock().get_mut(&o.alert_id).is_some_and(|e| {
+                let new = e.pushed.insert(o.sub.clone());
+                e.counts.push_sent = e.pushed.len();
+                new
+            });
+            if changed {
+                Alerts { inner }.notify_summary(&o.alert_id);
+            }
+        })
+    }
+
+    /// Queues a push of `alert`'s current state to those of `subs` without
+    /// a live session; returns the deliveries queued.
+    fn push_offline(&self, alert: &Alert, subs: impl IntoIterator<Item = Arc<str>>) -> usize {
+        let Some(push) = self.inner.push.get() else {
+            return 0;
+        };
+        let hub = &self.inner.hub;
+        let offline: Vec<Arc<str>> = subs.into_iter().filter(|s| !hub.is_live(s)).collect();
+        if offline.is_empty() {
+            return 0;
+        }
+        push.notify(&offline, push.notification_for(alert))
     }
 
     pub fn metrics(&self) -> &AlertMetrics {
@@ -496,12 +541,16 @@ impl Alerts {
             true,
             frame,
         );
-        tracing::info!(alert = %alert.id, seq, targeted = targets.len(), live = delivery.responders_live, "alert issued");
+        let push_queued = self.push_offline(
+            &alert,
+            targets.iter().filter(|t| !t.live).map(|t| t.sub.clone()),
+        );
+        tracing::info!(alert = %alert.id, seq, targeted = targets.len(), live = delivery.responders_live, push_queued, "alert issued");
         Ok(IssueOutcome {
             alert,
             targeted: targets.len(),
             delivered_live: delivery.responders_live,
-            push_queued: 0,
+            push_queued,
             seq,
         })
     }
@@ -668,13 +717,14 @@ impl Alerts {
                 frame,
             );
         }
+        let push_queued = self.push_offline(&alert, self.target_subs(id));
         self.notify_summary(id);
         Ok(UpdateOutcome {
             alert,
             newly_targeted: new_targets.len(),
             targeted,
             delivered_live,
-            push_queued: 0,
+            push_queued,
         })
     }
 
@@ -746,6 +796,9 @@ impl Alerts {
         }
         self.fan_out(seq, &rids, &frame, true);
         let subs = self.target_subs(id);
+        if status != AlertStatus::Expired {
+            self.push_offline(&alert, subs.iter().cloned());
+        }
         self.publish_remote(seq, subs, true, frame);
         tracing::info!(alert = %id, by = %by.sub, status = status.as_str(), "alert closed");
         Ok(alert)

@@ -333,6 +333,7 @@ async fn metrics(
     for (name, kind, value) in rows {
         out.push_str(&format!("# TYPE {name} {kind}\n{name} {value}\n"));
     }
+    out.push_str(&app.push.prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

@@ -34,6 +34,8 @@ pub enum AppError {
     Geo(#[from] crate::geo::GeoError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Push(#[from] crate::push::PushError),
 }
 
 /// Shared by every handler; cheap to clone.
@@ -45,6 +47,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub connections: Arc<AtomicUsize>,
     pub shutdown: watch::Receiver<bool>,
+    pub push: crate::push::PushService,
 }
 
 /// A running hub: its address and the handle to stop it.
@@ -74,6 +77,7 @@ impl Running {
             task.abort();
             let _ = task.await;
         }
+        self.state.push.shutdown(Duration::from_secs(1)).await;
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
     }
@@ -117,6 +121,12 @@ pub async fn start(settings: Settings, listener: TcpListener) -> Result<Running,
     let alerts = Alerts::new(limits, hub.clone(), store_dyn, bus.clone(), node);
     let restored = snapshot.alerts.len();
     alerts.restore(snapshot);
+    let push = crate::push::PushService::start(
+        &settings.push,
+        &settings.server.data_dir,
+        alerts.push_hook(),
+    )?;
+    alerts.set_push(push.clone());
     tracing::info!(restored, seq = alerts.last_seq(), "record loaded");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -127,9 +137,11 @@ pub async fn start(settings: Settings, listener: TcpListener) -> Result<Running,
         hub: hub.clone(),
         connections: Arc::new(AtomicUsize::new(0)),
         shutdown: shutdown_rx.clone(),
+        push: push.clone(),
     };
 
     let router = crate::api::router(state.clone())
+        .merge(push.router(state.auth.clone()))
         .fallback_service(ServeDir::new(&settings.server.web_dir))
         .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
         .with_state(state.clone());
