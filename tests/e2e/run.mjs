@@ -318,6 +318,8 @@ async function main() {
         return n !== null && Number(n) >= 3 ? Number(n) : null;
       });
       assert(count === 3, `preview says ${count} responders, expected 3`);
+      const shown = `${(radius / 1000).toFixed(1)} km`;
+      await eventually(`preview for radius ${shown}`, async () => (await police.textContent('#preview')).includes(shown));
       await police.screenshot({ path: path.join(ART, 'police-preview.png') });
     });
 
