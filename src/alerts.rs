@@ -223,6 +223,8 @@ struct AlertEntry {
     target_rids: Vec<ResponderId>,
     acks: HashMap<Arc<str>, AckState>,
     reached: HashSet<Arc<str>>,
+    /// Display names responders gave in their tokens (learnt from acks).
+    names: HashMap<Arc<str>, String>,
     /// Responders at least one of whose devices accepted a push.
     pushed: HashSet<Arc<str>>,
     counts: AckCounts,
@@ -237,6 +239,7 @@ impl AlertEntry {
             target_rids: Vec::new(),
             acks: HashMap::new(),
             reached: HashSet::new(),
+            names: HashMap::new(),
             pushed: HashSet::new(),
             counts: AckCounts::default(),
             watchers: HashSet::new(),
@@ -256,7 +259,10 @@ impl AlertEntry {
         }
     }
 
-    fn apply_ack(&mut self, sub: &Arc<str>, latest: AckState) {
+    fn apply_ack(&mut self, sub: &Arc<str>, latest: AckState, name: &str) {
+        if !name.is_empty() {
+            self.names.insert(sub.clone(), name.to_string());
+        }
         let old = self.acks.insert(sub.clone(), latest);
         count_ack(&mut self.counts, old, -1);
         count_ack(&mut self.counts, Some(latest), 1);
@@ -427,7 +433,7 @@ impl Alerts {
         for ack in snap.acks {
             if let Some(entry) = alerts.get_mut(&ack.alert) {
                 let sub: Arc<str> = ack.responder.as_str().into();
-                entry.apply_ack(&sub, ack.state);
+                entry.apply_ack(&sub, ack.state, &ack.name);
             }
         }
         self.inner.last_seq.store(snap.last_seq, Ordering::Release);
@@ -879,7 +885,7 @@ impl Alerts {
             let Some(entry) = alerts.get_mut(&id) else {
                 return Ok(());
             };
-            entry.apply_ack(&by.sub, latest);
+            entry.apply_ack(&by.sub, latest, &by.name);
             (
                 entry.watchers.iter().copied().collect::<Vec<_>>(),
                 entry.counts,
@@ -950,6 +956,54 @@ impl Alerts {
         let rid = inner.hub.set_place(&by.sub, unit, cell, now);
         inner.metrics.locations.fetch_add(1, Ordering::Relaxed);
         self.target_late_joiner(&by.sub, unit, rid, cell).await
+    }
+
+    /// Goes off duty: the responder's cell is forgotten (durably), so no
+    /// new alert targets it until it shares a location again.
+    pub async fn off_duty(&self, by: &Principal) -> Result<(), ApiError> {
+        by.unit
+            .ok_or_else(|| ApiError::forbidden("only responders go off duty"))?;
+        self.inner
+            .store
+            .commit(vec![Write::ClearPlace {
+                sub: by.sub.clone(),
+            }])
+            .await
+            .map_err(store_err)?;
+        self.inner.hub.clear_place(&by.sub);
+        Ok(())
+    }
+
+    /// Responders per occupied presence cell inside an alert's circle, as
+    /// counts per unit (never identities): for the coordinator map.
+    pub fn presence(&self, id: &AlertId) -> Result<serde_json::Value, ApiError> {
+        let alert = self.get(id)?.alert;
+        let res = self.inner.limits.presence_resolution;
+        let cells =
+            geo::cover(alert.center, alert.radius_m, res).map_err(|e| bad(e.to_string()))?;
+        let fresh_after = self.fresh_after(now_ms());
+        let counts = self
+            .inner
+            .hub
+            .with_presence(|p| p.unit_counts(&cells, fresh_after));
+        let features: Vec<serde_json::Value> = counts
+            .into_iter()
+            .map(|(cell, by_unit)| {
+                let total: usize = by_unit.iter().map(|(_, n)| n).sum();
+                let by_unit: serde_json::Map<String, serde_json::Value> = by_unit
+                    .into_iter()
+                    .map(|(u, n)| (u.as_str().to_string(), n.into()))
+                    .collect();
+                let c = geo::center(cell);
+                serde_json::json!({
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [geo::ring_lng_lat(cell)]},
+                    "properties": {"cell": cell.to_string(), "count": total, "by_unit": by_unit,
+                                   "center": [c.lat, c.lng]},
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({"type": "FeatureCollection", "features": features}))
     }
 
     /// A responder who comes on duty (or walks) into an active alert's area
@@ -1059,7 +1113,7 @@ impl Alerts {
                 counts: e.counts,
             })
             .collect();
-        out.sort_by(|a, b| b.alert.issued_at.cmp(&a.alert.issued_at));
+        out.sort_by_key(|a| std::cmp::Reverse(a.alert.issued_at));
         out
     }
 
@@ -1081,12 +1135,13 @@ impl Alerts {
             .iter()
             .map(|(sub, unit)| ResponderState {
                 responder: sub.to_string(),
+                name: e.names.get(sub).cloned().unwrap_or_default(),
                 unit: *unit,
                 state: e.acks.get(sub).map(|s| s.as_str()).unwrap_or("pending"),
                 delivered: e.reached.contains(sub),
             })
             .collect();
-        out.sort_by(|a, b| a.responder.cmp(&b.responder));
+        out.sort_unstable_by(|a, b| a.responder.cmp(&b.responder));
         Ok(out)
     }
 
@@ -1113,6 +1168,8 @@ impl Alerts {
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponderState {
     pub responder: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
     pub unit: Unit,
     pub state: &'static str,
     pub delivered: bool,

@@ -100,6 +100,7 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/alerts/{id}/resolve", post(resolve))
         .route("/alerts/{id}/acks", get(acks))
         .route("/alerts/{id}/history", get(history))
+        .route("/alerts/{id}/presence", get(presence))
         .route("/me", get(me))
         .fallback(|| async { ApiError::not_found("no such API route") });
     Router::new()
@@ -257,6 +258,15 @@ async fn history(
         })
         .collect();
     Ok(Json(json!({"alert": id, "events": events, "acks": acks})).into_response())
+}
+
+async fn presence(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&who, STAFF, "see responder counts")?;
+    Ok(Json(app.alerts.presence(&alert_id(&id)?)?).into_response())
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {

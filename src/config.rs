@@ -50,7 +50,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -207,21 +207,6 @@ impl Default for BusSettings {
     fn default() -> Self {
         Self {
             backend: "local".into(),
-        }
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            server: ServerSettings::default(),
-            auth: AuthSettings::default(),
-            geo: GeoSettings::default(),
-            ws: WsSettings::default(),
-            alerts: AlertSettings::default(),
-            store: StoreSettings::default(),
-            bus: BusSettings::default(),
-            push: crate::push::PushSettings::default(),
         }
     }
 }

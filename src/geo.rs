@@ -59,6 +59,28 @@ pub fn boundary(cell: CellIndex) -> Vec<[f64; 2]> {
         .collect()
 }
 
+/// The cell's boundary as one closed GeoJSON ring: `[lng, lat]` positions,
+/// first = last, counter-clockwise (RFC 7946 exterior ring).
+pub fn ring_lng_lat(cell: CellIndex) -> Vec<[f64; 2]> {
+    let mut ring: Vec<[f64; 2]> = cell
+        .boundary()
+        .iter()
+        .map(|ll| [ll.lng(), ll.lat()])
+        .collect();
+    let signed_area: f64 = ring
+        .iter()
+        .zip(ring.iter().cycle().skip(1))
+        .map(|(a, b)| a[0] * b[1] - b[0] * a[1])
+        .sum();
+    if signed_area < 0.0 {
+        ring.reverse();
+    }
+    if let Some(first) = ring.first().copied() {
+        ring.push(first);
+    }
+    ring
+}
+
 /// Every cell of resolution `res` whose centre lies within `radius_m` of
 /// `centre` (in no particular order).
 ///

@@ -161,10 +161,15 @@ pub enum ClientMessage {
         #[serde(default)]
         id: Option<Value>,
     },
+    /// The responder goes off duty: its cell is forgotten at once.
+    OffDuty {
+        #[serde(default)]
+        id: Option<Value>,
+    },
 }
 
 pub const CLIENT_TYPES: &[&str] = &[
-    "hello", "location", "ack", "cell", "watch", "unwatch", "ping",
+    "hello", "location", "ack", "cell", "watch", "unwatch", "ping", "off_duty",
 ];
 
 impl ClientMessage {
@@ -185,7 +190,8 @@ impl ClientMessage {
             | ClientMessage::Cell { id, .. }
             | ClientMessage::Watch { id, .. }
             | ClientMessage::Unwatch { id, .. }
-            | ClientMessage::Ping { id } => id.as_ref(),
+            | ClientMessage::Ping { id }
+            | ClientMessage::OffDuty { id } => id.as_ref(),
         }
     }
 }

@@ -474,6 +474,11 @@ async fn dispatch(
             app.alerts.location(who, lat, lng).await?;
             Ok(None)
         }
+        ClientMessage::OffDuty { .. } => {
+            responder_only(who, "go off duty")?;
+            app.alerts.off_duty(who).await?;
+            Ok(None)
+        }
         ClientMessage::Ack { alert, state, .. } => {
             responder_only(who, "acknowledge alerts")?;
             app.alerts.ack(who, &alert, state).await?;

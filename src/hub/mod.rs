@@ -185,6 +185,11 @@ impl Hub {
             .set_place(sub, unit, cell, at_ms)
     }
 
+    /// Forgets the responder's cell (off duty).
+    pub fn clear_place(&self, sub: &str) {
+        self.state.write().presence.clear_place(sub);
+    }
+
     /// The responder's last cell and when it was seen.
     pub fn place_of(&self, sub: &str) -> Option<(CellIndex, u64)> {
         let st = self.state.read();

@@ -170,6 +170,38 @@ impl PresenceIndex {
         }
     }
 
+    /// Forgets where the responder is (it went off duty).
+    pub fn clear_place(&mut self, sub: &str) {
+        let Some(rid) = self.id_of(sub) else { return };
+        if let Some(place) = self.responders[rid.0 as usize].place.take() {
+            self.remove_slot(place);
+        }
+    }
+
+    /// Fresh responders per unit in each occupied cell among `cells`.
+    pub fn unit_counts(
+        &self,
+        cells: &[CellIndex],
+        fresh_after_ms: u64,
+    ) -> Vec<(CellIndex, Vec<(Unit, usize)>)> {
+        cells
+            .iter()
+            .filter_map(|cell| {
+                let bucket = self.cells.get(cell)?;
+                let mut counts = [0usize; 3];
+                for s in bucket.iter().filter(|s| s.seen_at_ms >= fresh_after_ms) {
+                    counts[Unit::ALL.iter().position(|u| *u == s.unit).unwrap_or(0)] += 1;
+                }
+                let by_unit: Vec<(Unit, usize)> = Unit::ALL
+                    .into_iter()
+                    .zip(counts)
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                (!by_unit.is_empty()).then_some((*cell, by_unit))
+            })
+            .collect()
+    }
+
     /// Appends to `out` every responder of `units` seen at or after
     /// `fresh_after_ms` in one of `cells`.
     pub fn select_into(
@@ -211,19 +243,6 @@ impl PresenceIndex {
                 inside.then_some(ResponderId(i as u32))
             })
             .collect()
-    }
-
-    /// Number of responders in each cell that is occupied (fresh ones only).
-    pub fn occupancy(&self, fresh_after_ms: u64) -> impl Iterator<Item = (CellIndex, usize)> + '_ {
-        self.cells.iter().map(move |(cell, bucket)| {
-            (
-                *cell,
-                bucket
-                    .iter()
-                    .filter(|s| s.seen_at_ms >= fresh_after_ms)
-                    .count(),
-            )
-        })
     }
 
     pub fn cell_count(&self) -> usize {

@@ -79,6 +79,10 @@ pub enum Write {
         record: AckRecord,
         latest: AckState,
     },
+    /// A responder went off duty: forget its cell.
+    ClearPlace {
+        sub: Arc<str>,
+    },
     /// A responder's last cell (never raw coordinates).
     Place {
         sub: Arc<str>,

@@ -163,6 +163,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
         let mut put_place = tx.prepare_cached(
             "INSERT OR REPLACE INTO places (sub, unit, cell, at) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        let mut clear_place = tx.prepare_cached("DELETE FROM places WHERE sub = ?1")?;
         for job in batch {
             for w in &job.writes {
                 match w {
@@ -222,6 +223,9 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
                             latest.as_str(),
                             r.at as i64
                         ])?;
+                    }
+                    Write::ClearPlace { sub } => {
+                        clear_place.execute(params![&**sub])?;
                     }
                     Write::Place {
                         sub,
