@@ -38,6 +38,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod geo;
+pub mod grid;
 pub mod hub;
 pub mod protocol;
 pub mod push;
