@@ -101,6 +101,9 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/alerts/{id}/acks", get(acks))
         .route("/alerts/{id}/history", get(history))
         .route("/alerts/{id}/presence", get(presence))
+        .route("/alerts/{id}/grid", get(grid))
+        .route("/alerts/{id}/assign", post(assign))
+        .route("/alerts/{id}/cells", post(cells))
         .route("/me", get(me))
         .fallback(|| async { ApiError::not_found("no such API route") });
     Router::new()
@@ -250,6 +253,7 @@ async fn history(
     };
     let events = store.alert_events(id.clone()).await.map_err(internal)?;
     let acks = store.ack_history(id.clone()).await.map_err(internal)?;
+    let cells = store.grid_history(id.clone()).await.map_err(internal)?;
     let events: Vec<Value> = events
         .into_iter()
         .map(|(seq, at, frame)| {
@@ -257,7 +261,83 @@ async fn history(
             json!({"seq": seq, "at": at, "event": event})
         })
         .collect();
-    Ok(Json(json!({"alert": id, "events": events, "acks": acks})).into_response())
+    Ok(Json(json!({"alert": id, "events": events, "acks": acks, "cells": cells})).into_response())
+}
+
+async fn grid(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&who, STAFF, "see the search grid")?;
+    let bytes = app.alerts.grid_geojson(&alert_id(&id)?)?;
+    Ok(([(header::CONTENT_TYPE, "application/geo+json")], bytes).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignRequest {
+    cell: String,
+    /// Absent or null: take the cell back.
+    #[serde(default)]
+    responder: Option<String>,
+}
+
+async fn assign(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(req): Body<AssignRequest>,
+) -> Result<Response, ApiError> {
+    require(
+        &who,
+        &[Role::Coordinator, Role::Police],
+        "assign search cells",
+    )?;
+    let id = alert_id(&id)?;
+    app.alerts
+        .assign_cell(&who, id.as_str(), &req.cell, req.responder.as_deref())
+        .await?;
+    Ok(Json(json!({"alert": id, "cell": req.cell, "responder": req.responder})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CellsRequest {
+    cells: Vec<String>,
+    /// `exclude`, `include` or `adjust` (with `factor`).
+    action: String,
+    #[serde(default)]
+    factor: Option<f64>,
+}
+
+async fn cells(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(req): Body<CellsRequest>,
+) -> Result<Response, ApiError> {
+    require(
+        &who,
+        &[Role::Coordinator, Role::Police],
+        "change search cells",
+    )?;
+    let action = match (req.action.as_str(), req.factor) {
+        ("exclude", _) => crate::alerts::CellAction::Exclude,
+        ("include", _) => crate::alerts::CellAction::Include,
+        ("adjust", Some(f)) => crate::alerts::CellAction::Adjust(f),
+        ("adjust", None) => return Err(ApiError::bad_request("'adjust' needs a 'factor'")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "action must be exclude, include or adjust",
+            ));
+        }
+    };
+    let id = alert_id(&id)?;
+    app.alerts
+        .cells_action(&who, id.as_str(), &req.cells, action)
+        .await?;
+    Ok(Json(json!({"alert": id, "cells": req.cells.len()})).into_response())
 }
 
 async fn presence(

@@ -30,6 +30,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("auth: {0}")]
     Auth(#[from] AuthError),
+    #[error("search grid: {0}")]
+    Grid(#[from] crate::grid::GridError),
     #[error("geo: {0}")]
     Geo(#[from] crate::geo::GeoError),
     #[error("io: {0}")]
@@ -118,7 +120,15 @@ pub async fn start(settings: Settings, listener: TcpListener) -> Result<Running,
         max_body_chars: settings.alerts.max_body_chars,
     };
     let store_dyn: Arc<dyn Store> = store.clone();
-    let alerts = Alerts::new(limits, hub.clone(), store_dyn, bus.clone(), node);
+    let rings = settings.grid.load_rings()?;
+    for w in rings.warnings() {
+        tracing::warn!(warning = %w, "lost-person ring table");
+    }
+    let search = crate::alerts::SearchConfig {
+        settings: settings.grid.clone(),
+        rings,
+    };
+    let alerts = Alerts::new(limits, hub.clone(), store_dyn, bus.clone(), node, search);
     let restored = snapshot.alerts.len();
     alerts.restore(snapshot);
     let push = crate::push::PushService::start(
@@ -178,6 +188,7 @@ async fn expiry_loop(alerts: Alerts, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {
+                alerts.grid_tick().await;
                 let n = alerts.expire_due().await;
                 if n > 0 {
                     tracing::info!(expired = n, "alerts expired");

@@ -61,6 +61,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub bus: BusSettings,
     pub push: crate::push::PushSettings,
+    pub grid: crate::grid::GridSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -323,6 +324,9 @@ impl Settings {
             ));
         }
         self.push.validate()?;
+        self.grid
+            .validate()
+            .map_err(|p| bad(p.setting, p.problem))?;
         crate::auth::parse_duration(&self.auth.default_ttl)
             .map_err(|e| bad("auth.default_ttl", e.to_string()))?;
         if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {

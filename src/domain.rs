@@ -246,6 +246,9 @@ impl AckState {
 #[serde(rename_all = "snake_case")]
 pub enum AlertStatus {
     Active,
+    /// A searcher reported the subject found; searchers stand down and
+    /// police resolve it.
+    Found,
     Cancelled,
     Resolved,
     Expired,
@@ -255,14 +258,20 @@ impl AlertStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             AlertStatus::Active => "active",
+            AlertStatus::Found => "found",
             AlertStatus::Cancelled => "cancelled",
             AlertStatus::Resolved => "resolved",
             AlertStatus::Expired => "expired",
         }
     }
+    /// Still open: not yet cancelled, resolved or expired.
+    pub fn is_open(self) -> bool {
+        matches!(self, AlertStatus::Active | AlertStatus::Found)
+    }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "active" => Some(AlertStatus::Active),
+            "found" => Some(AlertStatus::Found),
             "cancelled" => Some(AlertStatus::Cancelled),
             "resolved" => Some(AlertStatus::Resolved),
             "expired" => Some(AlertStatus::Expired),

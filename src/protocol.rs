@@ -161,6 +161,16 @@ pub enum ClientMessage {
         #[serde(default)]
         id: Option<Value>,
     },
+    /// A coordinator gives a search cell to a responder (or takes it back
+    /// when `responder` is absent).
+    Assign {
+        alert: String,
+        cell: String,
+        #[serde(default)]
+        responder: Option<String>,
+        #[serde(default)]
+        id: Option<Value>,
+    },
     /// The responder goes off duty: its cell is forgotten at once.
     OffDuty {
         #[serde(default)]
@@ -169,7 +179,7 @@ pub enum ClientMessage {
 }
 
 pub const CLIENT_TYPES: &[&str] = &[
-    "hello", "location", "ack", "cell", "watch", "unwatch", "ping", "off_duty",
+    "hello", "location", "ack", "cell", "watch", "unwatch", "ping", "off_duty", "assign",
 ];
 
 impl ClientMessage {
@@ -191,7 +201,8 @@ impl ClientMessage {
             | ClientMessage::Watch { id, .. }
             | ClientMessage::Unwatch { id, .. }
             | ClientMessage::Ping { id }
-            | ClientMessage::OffDuty { id } => id.as_ref(),
+            | ClientMessage::OffDuty { id }
+            | ClientMessage::Assign { id, .. } => id.as_ref(),
         }
     }
 }

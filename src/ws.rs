@@ -62,12 +62,18 @@ impl Drop for ConnectionSlot {
 struct Registration {
     app: AppState,
     sid: SessionId,
+    responder: Option<Arc<str>>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.app.hub.unregister(self.sid);
         self.app.alerts.session_closed(self.sid);
+        if let Some(sub) = &self.responder
+            && !self.app.hub.is_live(sub)
+        {
+            self.app.alerts.responder_offline(sub);
+        }
     }
 }
 
@@ -269,6 +275,7 @@ async fn run(mut socket: WebSocket, app: AppState) {
     let _registration = Registration {
         app: app.clone(),
         sid,
+        responder: (!principal.role.is_staff()).then(|| principal.sub.clone()),
     };
     let write_timeout = Duration::from_secs(cfg.write_timeout_s);
     let welcome = welcome_frame(&principal, app.alerts.last_seq(), cfg.heartbeat_s);
@@ -299,6 +306,18 @@ async fn run(mut socket: WebSocket, app: AppState) {
                 }
             }
             Err(e) => return fail(&mut socket, e).await,
+        }
+    }
+
+    // A responder coming back gets the cells it still holds again.
+    if !principal.role.is_staff() {
+        for frame in app.alerts.responder_online(&principal.sub) {
+            if !matches!(
+                timeout(write_timeout, socket.send(text(frame))).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
         }
     }
 
@@ -488,30 +507,28 @@ async fn dispatch(
             alert, cell, state, ..
         } => {
             responder_only(who, "report search cells")?;
-            crate::geo::parse_cell(&cell).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            if !matches!(state.as_str(), "searching" | "cleared" | "found") {
-                return Err(ApiError::bad_request(
-                    "state must be searching, cleared or found",
-                ));
-            }
-            let id = crate::domain::AlertId::parse(&alert)?;
-            app.alerts.get(&id)?;
-            Err(ApiError::not_found(format!(
-                "alert '{id}' has no search grid"
-            )))
+            app.alerts.report_cell(who, &alert, &cell, &state).await?;
+            Ok(None)
         }
         ClientMessage::Watch { alert, id } => {
-            let summary = app.alerts.watch(sid, who, &alert)?;
-            // Ack the watch, then the current summary follows at once.
+            let frames = app.alerts.watch(sid, who, &alert)?;
+            // Ack the watch; the current summary and coverage follow at once.
             let ok = ok_frame(id.as_ref());
-            app.hub.send_to(
-                &[sid],
-                &Outgoing {
-                    seq: 0,
-                    frame: summary,
-                },
-            );
+            for frame in frames {
+                app.hub.send_to(&[sid], &Outgoing { seq: 0, frame });
+            }
             Ok(Some(ok))
+        }
+        ClientMessage::Assign {
+            alert,
+            cell,
+            responder,
+            ..
+        } => {
+            app.alerts
+                .assign_cell(who, &alert, &cell, responder.as_deref())
+                .await?;
+            Ok(None)
         }
         ClientMessage::Unwatch { alert, .. } => {
             app.alerts.unwatch(sid, who, &alert)?;

@@ -213,7 +213,9 @@ async fn restart_keeps_every_acknowledged_write_and_resume_replays_missed_events
     let mut r = app
         .responder_at("v-1", Unit::Volunteer, offset(100.0, 0.0))
         .await;
-    let first = app.issue(JIAXING, 1000.0, &["volunteer"]).await;
+    let first = app
+        .issue_kind("flood_warning", JIAXING, 1000.0, &["volunteer"])
+        .await;
     let first_id = first["alert"]["id"].as_str().expect("id").to_string();
     let a = r.recv_type("alert").await;
     let last_seen = a["seq"].as_u64().expect("seq");
@@ -236,7 +238,8 @@ async fn restart_keeps_every_acknowledged_write_and_resume_replays_missed_events
         .await;
     assert_eq!(s, 200);
     // Not for this responder: a patrol-only alert.
-    app.issue(JIAXING, 1000.0, &["patrol"]).await;
+    app.issue_kind("flood_warning", JIAXING, 1000.0, &["patrol"])
+        .await;
 
     let app = app.restart().await;
     let (_, acks) = app
@@ -261,7 +264,9 @@ async fn restart_keeps_every_acknowledged_write_and_resume_replays_missed_events
     );
 
     // The restarted hub still knows v-1's cell: a new alert reaches it.
-    let third = app.issue(JIAXING, 1000.0, &["volunteer"]).await;
+    let third = app
+        .issue_kind("flood_warning", JIAXING, 1000.0, &["volunteer"])
+        .await;
     assert_eq!(third["targeted"], 1, "{third}");
     r.recv_type("alert").await;
     app.stop().await;
@@ -840,36 +845,65 @@ async fn the_binary_serves_and_its_tokens_are_accepted_and_env_overrides_apply()
 #[tokio::test]
 async fn presence_counts_cells_without_identities_and_off_duty_stops_targeting() {
     let app = TestApp::spawn().await;
-    let mut a = app.responder_at("v-a", Unit::Volunteer, offset(100.0, 100.0)).await;
-    let _b = app.responder_at("v-b", Unit::Volunteer, offset(100.0, 100.0)).await;
-    let _p = app.responder_at("pt-1", Unit::Patrol, offset(-600.0, 0.0)).await;
+    let mut a = app
+        .responder_at("v-a", Unit::Volunteer, offset(100.0, 100.0))
+        .await;
+    let _b = app
+        .responder_at("v-b", Unit::Volunteer, offset(100.0, 100.0))
+        .await;
+    let _p = app
+        .responder_at("pt-1", Unit::Patrol, offset(-600.0, 0.0))
+        .await;
     let out = app.issue(JIAXING, 1000.0, &["volunteer", "patrol"]).await;
     let id = out["alert"]["id"].as_str().expect("id").to_string();
-    let (s, fc) = app.get(&app.coordinator, &format!("/api/v1/alerts/{id}/presence")).await;
+    let (s, fc) = app
+        .get(&app.coordinator, &format!("/api/v1/alerts/{id}/presence"))
+        .await;
     assert_eq!(s, 200, "{fc}");
     assert_eq!(fc["type"], "FeatureCollection");
     let features = fc["features"].as_array().expect("features");
-    let total: u64 = features.iter().map(|f| f["properties"]["count"].as_u64().unwrap_or(0)).sum();
+    let total: u64 = features
+        .iter()
+        .map(|f| f["properties"]["count"].as_u64().unwrap_or(0))
+        .sum();
     assert_eq!(total, 3);
-    assert!(!fc.to_string().contains("v-a"), "no identities in presence: {fc}");
-    let ring = features[0]["geometry"]["coordinates"][0].as_array().expect("ring");
+    assert!(
+        !fc.to_string().contains("v-a"),
+        "no identities in presence: {fc}"
+    );
+    let ring = features[0]["geometry"]["coordinates"][0]
+        .as_array()
+        .expect("ring");
     assert_eq!(ring.first(), ring.last(), "closed ring");
     let (s, _) = app
-        .get(&app.responder_token("v-a", Unit::Volunteer), &format!("/api/v1/alerts/{id}/presence"))
+        .get(
+            &app.responder_token("v-a", Unit::Volunteer),
+            &format!("/api/v1/alerts/{id}/presence"),
+        )
         .await;
     assert_eq!(s, 403);
 
     // Names given in tokens show in the ack list once a responder answers.
     let named = app
         .authority
-        .mint("v-named", woodpecker::domain::Role::Responder, Some(Unit::Volunteer), "Zhang Wei", Duration::from_secs(60))
+        .mint(
+            "v-named",
+            woodpecker::domain::Role::Responder,
+            Some(Unit::Volunteer),
+            "Zhang Wei",
+            Duration::from_secs(60),
+        )
         .expect("mint");
     let mut n = Client::hello(app.addr, &named, None).await;
     n.location(offset(50.0, 0.0)).await;
     n.recv_type("alert").await;
-    let ok = n.request(json!({"type": "ack", "alert": id, "state": "accepted"})).await;
+    let ok = n
+        .request(json!({"type": "ack", "alert": id, "state": "accepted"}))
+        .await;
     assert_eq!(ok["type"], "ok");
-    let (_, acks) = app.get(&app.police, &format!("/api/v1/alerts/{id}/acks")).await;
+    let (_, acks) = app
+        .get(&app.police, &format!("/api/v1/alerts/{id}/acks"))
+        .await;
     let row = acks["responders"]
         .as_array()
         .and_then(|r| r.iter().find(|x| x["responder"] == "v-named").cloned())

@@ -10,6 +10,10 @@
 //! Acks and locations do not take the sequencer; they go straight to the
 //! store's group commit.
 
+mod search;
+
+pub use search::CellAction;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,6 +233,8 @@ struct AlertEntry {
     pushed: HashSet<Arc<str>>,
     counts: AckCounts,
     watchers: HashSet<SessionId>,
+    /// The search grid, for searchable kinds.
+    grid: Option<crate::grid::SearchGrid>,
 }
 
 impl AlertEntry {
@@ -243,6 +249,7 @@ impl AlertEntry {
             pushed: HashSet::new(),
             counts: AckCounts::default(),
             watchers: HashSet::new(),
+            grid: None,
         }
     }
 
@@ -325,6 +332,13 @@ struct Inner {
     alerts: Mutex<HashMap<AlertId, AlertEntry>>,
     metrics: AlertMetrics,
     push: std::sync::OnceLock<crate::push::PushService>,
+    search: SearchConfig,
+}
+
+/// How search grids are built: the `[grid]` settings and the ring table.
+pub struct SearchConfig {
+    pub settings: crate::grid::GridSettings,
+    pub rings: crate::grid::RingTable,
 }
 
 impl Alerts {
@@ -334,6 +348,7 @@ impl Alerts {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         node: NodeId,
+        search: SearchConfig,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -347,6 +362,7 @@ impl Alerts {
                 alerts: Mutex::new(HashMap::new()),
                 metrics: AlertMetrics::default(),
                 push: std::sync::OnceLock::new(),
+                search,
             }),
         }
     }
@@ -436,6 +452,29 @@ impl Alerts {
                 entry.apply_ack(&sub, ack.state, &ack.name);
             }
         }
+        let mut cells: HashMap<AlertId, Vec<crate::grid::CellRecord>> = HashMap::new();
+        for (alert, record) in snap.grid {
+            cells.entry(alert).or_default().push(record);
+        }
+        let now = now_ms();
+        for entry in alerts.values_mut() {
+            let by: Arc<str> = entry.alert.issued_by.as_str().into();
+            match self.build_grid(&entry.alert, &by, entry.alert.issued_at) {
+                Ok(Some(mut grid)) => {
+                    let skipped = grid.restore(cells.remove(&entry.alert.id).unwrap_or_default());
+                    if skipped > 0 {
+                        tracing::warn!(alert = %entry.alert.id, skipped, "grid records not restored");
+                    }
+                    grid.mark_all_disconnected(now);
+                    if !entry.alert.status.is_open() || entry.alert.status == AlertStatus::Found {
+                        let _ = grid.close(&by, now);
+                    }
+                    entry.grid = Some(grid);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(alert = %entry.alert.id, error = %e, "grid not rebuilt"),
+            }
+        }
         self.inner.last_seq.store(snap.last_seq, Ordering::Release);
     }
 
@@ -506,8 +545,9 @@ impl Alerts {
             outcome: None,
             updated_at: now,
         };
+        let grid = self.build_grid(&alert, &by.sub, now)?;
         let frame = alert_frame(AlertEventKind::Alert, seq, &alert);
-        let writes = vec![
+        let mut writes = vec![
             Write::Alert(alert.clone()),
             Write::Targets {
                 alert: alert.id.clone(),
@@ -529,8 +569,15 @@ impl Alerts {
                 frame: frame.clone(),
             }),
         ];
+        if let Some(g) = &grid {
+            writes.push(Write::GridCells {
+                alert: alert.id.clone(),
+                records: g.records(),
+            });
+        }
         inner.store.commit(writes).await.map_err(store_err)?;
         let mut entry = AlertEntry::new(alert.clone());
+        entry.grid = grid;
         for t in &targets {
             entry.add_target(t.sub.clone(), t.unit, t.rid);
             if t.live {
@@ -605,7 +652,7 @@ impl Alerts {
     ) -> Result<UpdateOutcome, ApiError> {
         let inner = &self.inner;
         let limits = &inner.limits;
-        let _turn = inner.sequencer.lock().await;
+        let turn = inner.sequencer.lock().await;
         let now = now_ms();
         let (mut alert, old_rids) = {
             let alerts = inner.alerts.lock();
@@ -724,6 +771,23 @@ impl Alerts {
             );
         }
         let push_queued = self.push_offline(&alert, self.target_subs(id));
+        if req.radius_m.is_some() {
+            let (by, radius) = (by.sub.clone(), alert.radius_m);
+            let widened = self
+                .apply_grid_locked(&turn, id, |g, now| {
+                    if radius > g.radius_m() {
+                        g.widen(radius, &by, now)
+                    } else {
+                        Ok(crate::grid::Effects::default())
+                    }
+                })
+                .await;
+            if let Err(e) = widened
+                && e.code != crate::protocol::ErrorCode::NotFound
+            {
+                tracing::warn!(alert = %id, error = %e, "search grid not widened");
+            }
+        }
         self.notify_summary(id);
         Ok(UpdateOutcome {
             alert,
@@ -763,14 +827,14 @@ impl Alerts {
             )?),
             None => None,
         };
-        let _turn = inner.sequencer.lock().await;
+        let turn = inner.sequencer.lock().await;
         let now = now_ms();
         let (mut alert, rids) = {
             let alerts = inner.alerts.lock();
             let entry = alerts.get(id).ok_or_else(|| not_found(id))?;
             (entry.alert.clone(), entry.target_rids.clone())
         };
-        if alert.status != AlertStatus::Active {
+        if !alert.status.is_open() {
             return Err(ApiError::conflict(format!(
                 "alert is already {}",
                 alert.status.as_str()
@@ -806,6 +870,15 @@ impl Alerts {
             self.push_offline(&alert, subs.iter().cloned());
         }
         self.publish_remote(seq, subs, true, frame);
+        let closer = by.sub.clone();
+        let closed = self
+            .apply_grid_locked(&turn, id, |g, now| Ok(g.close(&closer, now)))
+            .await;
+        if let Err(e) = closed
+            && e.code != crate::protocol::ErrorCode::NotFound
+        {
+            tracing::warn!(alert = %id, error = %e, "search grid not closed");
+        }
         tracing::info!(alert = %id, by = %by.sub, status = status.as_str(), "alert closed");
         Ok(alert)
     }
@@ -818,7 +891,7 @@ impl Alerts {
             .alerts
             .lock()
             .values()
-            .filter(|e| e.alert.status == AlertStatus::Active && e.alert.expires_at <= now)
+            .filter(|e| e.alert.status.is_open() && e.alert.expires_at <= now)
             .map(|e| e.alert.id.clone())
             .collect();
         let system = Principal {
@@ -909,6 +982,7 @@ impl Alerts {
                 },
             );
         }
+        self.grid_after_ack(by, &id, state).await;
         Ok(())
     }
 
@@ -1077,14 +1151,25 @@ impl Alerts {
         Ok(())
     }
 
-    /// Adds a staff session as a watcher; returns the current summary frame.
-    pub fn watch(&self, sid: SessionId, by: &Principal, alert: &str) -> Result<Frame, ApiError> {
+    /// Adds a staff session as a watcher; returns the frames that bring it
+    /// up to date at once (the ack summary, and the whole grid's coverage).
+    pub fn watch(
+        &self,
+        sid: SessionId,
+        by: &Principal,
+        alert: &str,
+    ) -> Result<Vec<Frame>, ApiError> {
         crate::auth::require(by, &[Role::Police, Role::Coordinator], "watch alerts")?;
         let id = AlertId::parse(alert)?;
-        let mut alerts = self.inner.alerts.lock();
-        let entry = alerts.get_mut(&id).ok_or_else(|| not_found(&id))?;
-        entry.watchers.insert(sid);
-        Ok(ack_summary_frame(&id, &entry.counts))
+        let summary = {
+            let mut alerts = self.inner.alerts.lock();
+            let entry = alerts.get_mut(&id).ok_or_else(|| not_found(&id))?;
+            entry.watchers.insert(sid);
+            ack_summary_frame(&id, &entry.counts)
+        };
+        let mut frames = vec![summary];
+        frames.extend(self.coverage_all(&id));
+        Ok(frames)
     }
 
     pub fn unwatch(&self, sid: SessionId, by: &Principal, alert: &str) -> Result<(), ApiError> {

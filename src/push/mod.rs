@@ -228,6 +228,11 @@ impl Notification {
                     .unwrap_or_else(|| "Resolved. Thank you, please stand down.".into()),
                 false,
             ),
+            AlertStatus::Found => (
+                format!("Found: {}", alert.title),
+                "The person has been found. Thank you, please stand down.".into(),
+                false,
+            ),
             AlertStatus::Expired => (
                 format!("Ended: {}", alert.title),
                 "This alert has expired.".into(),

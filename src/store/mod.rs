@@ -79,6 +79,11 @@ pub enum Write {
         record: AckRecord,
         latest: AckState,
     },
+    /// The latest record of these search cells (and their history).
+    GridCells {
+        alert: AlertId,
+        records: Vec<crate::grid::CellRecord>,
+    },
     /// A responder went off duty: forget its cell.
     ClearPlace {
         sub: Arc<str>,
@@ -101,6 +106,8 @@ pub struct Snapshot {
     /// Latest ack per (alert, responder).
     pub acks: Vec<AckRecord>,
     pub places: Vec<(Arc<str>, Unit, u64, u64)>,
+    /// Latest record of every search cell, per alert.
+    pub grid: Vec<(AlertId, crate::grid::CellRecord)>,
     pub last_seq: u64,
 }
 
@@ -124,6 +131,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<Vec<(u64, Frame)>>;
     /// Every ack reported for an alert, oldest first.
     fn ack_history(&self, alert: AlertId) -> StoreFuture<Vec<AckRecord>>;
+    /// Every change of an alert's search cells, oldest first.
+    fn grid_history(&self, alert: AlertId) -> StoreFuture<Vec<crate::grid::CellRecord>>;
     /// Every event of an alert, oldest first (the alert's history).
     fn alert_events(&self, alert: AlertId) -> StoreFuture<Vec<(u64, u64, Frame)>>;
 }

@@ -37,6 +37,13 @@ CREATE INDEX IF NOT EXISTS acks_by_alert ON acks (alert_id, id);
 CREATE TABLE IF NOT EXISTS ack_latest (
     alert_id TEXT NOT NULL, sub TEXT NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL,
     state TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (alert_id, sub)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS grid_cells (
+    alert_id TEXT NOT NULL, cell TEXT NOT NULL, json TEXT NOT NULL,
+    PRIMARY KEY (alert_id, cell)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS grid_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL, cell TEXT NOT NULL,
+    at INTEGER NOT NULL, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS grid_history_by_alert ON grid_history (alert_id, id);
 CREATE TABLE IF NOT EXISTS places (
     sub TEXT PRIMARY KEY, unit TEXT NOT NULL, cell INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
 ";
@@ -164,6 +171,12 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
             "INSERT OR REPLACE INTO places (sub, unit, cell, at) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut clear_place = tx.prepare_cached("DELETE FROM places WHERE sub = ?1")?;
+        let mut put_cell = tx.prepare_cached(
+            "INSERT OR REPLACE INTO grid_cells (alert_id, cell, json) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut log_cell = tx.prepare_cached(
+            "INSERT INTO grid_history (alert_id, cell, at, json) VALUES (?1, ?2, ?3, ?4)",
+        )?;
         for job in batch {
             for w in &job.writes {
                 match w {
@@ -223,6 +236,20 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
                             latest.as_str(),
                             r.at as i64
                         ])?;
+                    }
+                    Write::GridCells { alert, records } => {
+                        for r in records {
+                            let json = serde_json::to_string(r)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                            let cell = r.cell.to_string();
+                            put_cell.execute(params![alert.as_str(), cell, json])?;
+                            log_cell.execute(params![
+                                alert.as_str(),
+                                cell,
+                                r.changed_at as i64,
+                                json
+                            ])?;
+                        }
                     }
                     Write::ClearPlace { sub } => {
                         clear_place.execute(params![&**sub])?;
@@ -308,6 +335,14 @@ fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
             r.get::<_, i64>(2)? as u64,
             r.get::<_, i64>(3)? as u64,
         ));
+    }
+    let mut stmt = conn.prepare("SELECT alert_id, json FROM grid_cells")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let alert = alert_id_of(&r.get::<_, String>(0)?)?;
+        let record = serde_json::from_str(&r.get::<_, String>(1)?)
+            .map_err(|e| StoreError::Corrupt(format!("grid cell: {e}")))?;
+        snap.grid.push((alert, record));
     }
     snap.last_seq = conn
         .query_row("SELECT MAX(seq) FROM events", [], |r| {
@@ -399,6 +434,22 @@ impl Store for SqliteStore {
                 });
             }
             Ok(out)
+        })
+    }
+
+    fn grid_history(&self, alert: AlertId) -> StoreFuture<Vec<crate::grid::CellRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT json FROM grid_history WHERE alert_id = ?1 ORDER BY id")?;
+            let rows = stmt
+                .query_map(params![alert.as_str()], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.iter()
+                .map(|j| {
+                    serde_json::from_str(j)
+                        .map_err(|e| StoreError::Corrupt(format!("grid history: {e}")))
+                })
+                .collect()
         })
     }
 

@@ -160,6 +160,21 @@ impl TestApp {
         .await
     }
 
+    /// Issues an alert of `kind` (only `missing_person` gets a search grid).
+    pub async fn issue_kind(
+        &self,
+        kind: &str,
+        at: (f64, f64),
+        radius_m: f64,
+        audience: &[&str],
+    ) -> Value {
+        self.issue_with(json!({
+            "kind": kind, "title": "Flooding on the canal road", "lat": at.0, "lng": at.1,
+            "radius_m": radius_m, "audience": audience,
+        }))
+        .await
+    }
+
     pub async fn issue_with(&self, body: Value) -> Value {
         let (status, v) = self.post(&self.police, "/api/v1/alerts", body).await;
         assert_eq!(status, 201, "issue failed: {v}");
