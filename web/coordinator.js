@@ -294,18 +294,32 @@ function renderCoverage() {
 function renderCells() {
   const rows = [...state.grid.values()].sort((a, b) => a.rank - b.rank).slice(0, 100);
   $('#cells').replaceChildren(
-    ...rows.map((g) => {
+    ...rows.map((g, i) => {
       const st = g.props.state || 'unassigned';
       return el('tr', { dataset: { cell: g.props.cell, state: st }, 'aria-selected': state.cell === g.props.cell ? 'true' : 'false' },
         el('td', {}, g.rank),
         el('td', {}, el('span', { class: `state state-${st}` }, t('cell_' + st))),
         el('td', {}, `${((g.props.weight || 0) * 100).toFixed(1)}%`),
         el('td', {}, g.props.assignee ? nameOf(g.props.assignee) : '–'),
-        el('td', {}, el('button', { type: 'button', class: 'btn-secondary btn-small', 'aria-label': t('select_cell_n', { n: g.rank }), onclick: () => pickCell(g.props.cell, true) }, t('select'))),
+        el('td', {}, el('button', { type: 'button', class: 'btn-secondary btn-small', tabindex: i === 0 ? '0' : '-1', 'aria-label': t('select_cell_n', { n: g.rank }), onclick: () => pickCell(g.props.cell, true) }, t('select'))),
       );
     }),
   );
 }
+
+// The cell table is one Tab stop: arrow keys (and Home / End) move between
+// its rows' buttons, so keyboard users are not walked through 100 buttons.
+document.getElementById('cells')?.addEventListener('keydown', (e) => {
+  const buttons = [...document.querySelectorAll('#cells button')];
+  const at = buttons.indexOf(document.activeElement);
+  if (at < 0) return;
+  const to = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: buttons.length - 1 }[e.key];
+  if (to === undefined || to < 0 || to >= buttons.length) return;
+  e.preventDefault();
+  buttons[at].tabIndex = -1;
+  buttons[to].tabIndex = 0;
+  buttons[to].focus();
+});
 
 function nameOf(responder) {
   return state.acks.get(responder)?.name || responder;

@@ -1073,7 +1073,7 @@ impl Alerts {
                     "type": "Feature",
                     "geometry": {"type": "Polygon", "coordinates": [geo::ring_lng_lat(cell)]},
                     "properties": {"cell": cell.to_string(), "count": total, "by_unit": by_unit,
-                                   "center": [c.lat, c.lng]},
+                                   "center": {"lat": c.lat, "lng": c.lng}},
                 })
             })
             .collect();
