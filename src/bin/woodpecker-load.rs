@@ -17,7 +17,10 @@
 //!    for `welcome`, sends `location` with an `id` and waits for its `ok`.
 //!    Past `--spread-threshold` clients (or with `--spread-sources`) the
 //!    client sockets are bound round-robin to 127.0.0.2–127.0.0.9 so no
-//!    single source address runs out of ephemeral ports.
+//!    single source address runs out of ephemeral ports (spreading also makes
+//!    `connect` cheaper for the kernel well before that: pass
+//!    `--spread-sources` for big runs). Client sockets close with RST so no
+//!    run leaves TIME_WAIT sockets that starve the next one of ports.
 //! 3. Reads the hub's VmRSS before and after connecting, so memory per idle
 //!    connection is `(after - before) / connected`.
 //! 4. Issues `--alerts` alerts through `POST /api/v1/alerts` with a police
@@ -38,7 +41,24 @@
 //!    client issued back to back, total frames received over the time from
 //!    the first POST to the last frame. `--ack` makes every recipient answer
 //!    `ack` (`received`, with an `id`) and reports durable acks per second:
-//!    `ok`s received over the time from the first ack sent to the last `ok`.
+//!    `ok`s received over the time from the first ack sent to the last `ok`
+//!    (with several alerts spaced by `--rate` that span includes the gaps:
+//!    measure acks with one alert, or with `--flat-out`).
+//!
+//! The table also shows the mean time of each setup step, the time to the
+//! first recipient (commit and selection before any fan-out), the POST round
+//! trip, and the CPU seconds the hub and the tool spent in each phase, since
+//! both share the machine's cores.
+//!
+//! Typical runs (`cargo build --release --bins` first):
+//!
+//! ```text
+//! woodpecker-load --clients 19000 --alerts 0 --spread-sources        # connect, memory
+//! woodpecker-load --clients 15000 --alerts 50 --radius-m 2000 --spread-sources
+//! woodpecker-load --clients 10000 --alerts 20 --rate 2 --radius-m 15000 --center-mode center
+//! woodpecker-load --clients 15000 --alerts 40 --flat-out --spread-sources
+//! woodpecker-load --clients 15000 --alerts 1 --radius-m 15000 --center-mode center --ack
+//! ```
 //!
 //! Output: a human table on stderr and exactly one JSON line on stdout,
 //! `{"tool":"woodpecker-load",...}`, so `> results.jsonl` collects runs.
@@ -527,6 +547,10 @@ async fn open_client(
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    // Close with RST: a FIN close would leave ~N TIME_WAIT sockets on the
+    // tool's ports for a minute, and the next run would find no free
+    // ephemeral port.
+    socket.set_zero_linger()?;
     if let Some(src) = source {
         socket
             .bind(SocketAddr::new(src, 0))
