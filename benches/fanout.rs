@@ -230,17 +230,14 @@ fn enqueue(c: &mut Criterion) {
 }
 
 fn ack_write(alert: &AlertId, i: usize) -> Write {
-    Write::Ack {
-        record: AckRecord {
-            alert: alert.clone(),
-            responder: format!("r{i}"),
-            name: String::new(),
-            unit: Unit::Volunteer,
-            state: AckState::Received,
-            at: 1,
-        },
-        latest: AckState::Received,
-    }
+    Write::Ack(AckRecord {
+        alert: alert.clone(),
+        responder: format!("r{i}"),
+        name: String::new(),
+        unit: Unit::Volunteer,
+        state: AckState::Received,
+        at: 1,
+    })
 }
 
 fn acks(c: &mut Criterion) {

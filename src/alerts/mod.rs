@@ -32,7 +32,9 @@ use crate::protocol::{
     AckCounts, AckRecord, Alert, AlertEventKind, ApiError, SEVERITIES, URGENCIES, ack_frame,
     ack_summary_frame, alert_frame,
 };
-use crate::store::{EventRecord, Scope, Snapshot, Store, StoreError, TargetRecord, Viewer, Write};
+use crate::store::{
+    EventFilter, EventRecord, Scope, Snapshot, Store, StoreError, TargetRecord, Write,
+};
 
 /// The limits alerts are validated against (from config).
 #[derive(Debug, Clone)]
@@ -223,7 +225,9 @@ impl IssueRequest {
 /// Per-alert state kept in memory (rebuilt from the store at start-up).
 struct AlertEntry {
     alert: Alert,
-    targets: HashMap<Arc<str>, Unit>,
+    /// Every responder targeted: its unit and the `seq` of the event that
+    /// first targeted it (what a replay sends it starts there).
+    targets: HashMap<Arc<str>, (Unit, u64)>,
     target_rids: Vec<ResponderId>,
     acks: HashMap<Arc<str>, AckState>,
     reached: HashSet<Arc<str>>,
@@ -253,8 +257,8 @@ impl AlertEntry {
         }
     }
 
-    fn add_target(&mut self, sub: Arc<str>, unit: Unit, rid: ResponderId) {
-        if self.targets.insert(sub, unit).is_none() {
+    fn add_target(&mut self, sub: Arc<str>, unit: Unit, rid: ResponderId, first_seq: u64) {
+        if self.targets.insert(sub, (unit, first_seq)).is_none() {
             self.target_rids.push(rid);
             self.counts.targeted += 1;
         }
@@ -440,10 +444,10 @@ impl Alerts {
         for alert in snap.alerts {
             alerts.insert(alert.id.clone(), AlertEntry::new(alert));
         }
-        for (alert, t, _) in snap.targets {
+        for (alert, t, first_seq) in snap.targets {
             if let Some(entry) = alerts.get_mut(&alert) {
                 let rid = hub.intern(&t.sub, t.unit);
-                entry.add_target(t.sub, t.unit, rid);
+                entry.add_target(t.sub, t.unit, rid, first_seq);
             }
         }
         for ack in snap.acks {
@@ -579,7 +583,7 @@ impl Alerts {
         let mut entry = AlertEntry::new(alert.clone());
         entry.grid = grid;
         for t in &targets {
-            entry.add_target(t.sub.clone(), t.unit, t.rid);
+            entry.add_target(t.sub.clone(), t.unit, t.rid, seq);
             if t.live {
                 entry.mark_reached(&t.sub);
             }
@@ -749,7 +753,7 @@ impl Alerts {
             let entry = alerts.get_mut(id).ok_or_else(|| not_found(id))?;
             entry.alert = alert.clone();
             for t in &new_targets {
-                entry.add_target(t.sub.clone(), t.unit, t.rid);
+                entry.add_target(t.sub.clone(), t.unit, t.rid, new_seq);
                 if t.live {
                     entry.mark_reached(&t.sub);
                 }
@@ -947,10 +951,7 @@ impl Alerts {
         };
         inner
             .store
-            .commit(vec![Write::Ack {
-                record: record.clone(),
-                latest,
-            }])
+            .commit(vec![Write::Ack(record.clone())])
             .await
             .map_err(store_err)?;
         let (watchers, counts) = {
@@ -1139,7 +1140,7 @@ impl Alerts {
                 .map_err(store_err)?;
             let live = inner.hub.is_live(sub);
             if let Some(entry) = inner.alerts.lock().get_mut(&id) {
-                entry.add_target(sub.clone(), unit, rid);
+                entry.add_target(sub.clone(), unit, rid, seq);
                 if live {
                     entry.mark_reached(sub);
                 }
@@ -1218,7 +1219,7 @@ impl Alerts {
         let mut out: Vec<_> = e
             .targets
             .iter()
-            .map(|(sub, unit)| ResponderState {
+            .map(|(sub, (unit, _))| ResponderState {
                 responder: sub.to_string(),
                 name: e.names.get(sub).cloned().unwrap_or_default(),
                 unit: *unit,
@@ -1237,16 +1238,47 @@ impl Alerts {
         since: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Frame)>, ApiError> {
-        let viewer = if who.role.is_staff() {
-            Viewer::Staff
-        } else {
-            Viewer::Responder(who.sub.clone())
-        };
-        self.inner
+        if who.role.is_staff() {
+            let rows = self
+                .inner
+                .store
+                .events_since(since, EventFilter::Staff, limit)
+                .await
+                .map_err(store_err)?;
+            return Ok(rows.into_iter().map(|e| (e.seq, e.frame)).collect());
+        }
+        // The alerts that targeted this responder, and from which event on.
+        let first: HashMap<AlertId, u64> = self
+            .inner
+            .alerts
+            .lock()
+            .values()
+            .filter_map(|e| Some((e.alert.id.clone(), e.targets.get(&*who.sub)?.1)))
+            .collect();
+        if first.is_empty() {
+            return Ok(Vec::new());
+        }
+        let alerts: Vec<AlertId> = first.keys().cloned().collect();
+        let rows = self
+            .inner
             .store
-            .events_since(viewer, since, limit)
+            .events_since(since, EventFilter::Alerts(alerts), usize::MAX)
             .await
-            .map_err(store_err)
+            .map_err(store_err)?;
+        Ok(rows
+            .into_iter()
+            .filter(|e| {
+                let from = first.get(&e.alert).copied().unwrap_or(u64::MAX);
+                match &e.scope {
+                    Scope::Targets => e.seq >= from,
+                    Scope::NewTargets => e.seq == from,
+                    Scope::One(sub) => **sub == *who.sub,
+                    Scope::StaffOnly => false,
+                }
+            })
+            .take(limit)
+            .map(|e| (e.seq, e.frame))
+            .collect())
     }
 }
 

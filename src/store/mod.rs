@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::domain::{AckState, AlertId, Unit};
+use crate::domain::{AlertId, Unit};
 use crate::hub::Frame;
 use crate::protocol::{AckRecord, Alert};
 
@@ -74,11 +74,9 @@ pub enum Write {
         targets: Vec<TargetRecord>,
     },
     Event(EventRecord),
-    /// One reported ack (kept in history) and the resulting latest state.
-    Ack {
-        record: AckRecord,
-        latest: AckState,
-    },
+    /// One reported ack; the latest state per responder is derived from the
+    /// history on load (with [`crate::domain::AckState::merge`]), so an ack is one row.
+    Ack(AckRecord),
     /// The latest record of these search cells (and their history).
     GridCells {
         alert: AlertId,
@@ -111,24 +109,35 @@ pub struct Snapshot {
     pub last_seq: u64,
 }
 
-/// Whose events a replay returns.
+/// Which events a replay reads.
 #[derive(Debug, Clone)]
-pub enum Viewer {
+pub enum EventFilter {
+    /// Those police and coordinators see.
     Staff,
-    Responder(Arc<str>),
+    /// Every event of these alerts (the caller filters by scope).
+    Alerts(Vec<AlertId>),
+}
+
+/// An event as stored, with whom it is for.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub alert: AlertId,
+    pub scope: Scope,
+    pub frame: Frame,
 }
 
 pub trait Store: Send + Sync + 'static {
     /// Applies all writes atomically; resolves after they are durable.
     fn commit(&self, writes: Vec<Write>) -> StoreFuture<()>;
     fn load(&self) -> StoreFuture<Snapshot>;
-    /// Events after `since` that concern `viewer`, in `seq` order.
+    /// Events after `since` that pass `filter`, in `seq` order.
     fn events_since(
         &self,
-        viewer: Viewer,
         since: u64,
+        filter: EventFilter,
         limit: usize,
-    ) -> StoreFuture<Vec<(u64, Frame)>>;
+    ) -> StoreFuture<Vec<StoredEvent>>;
     /// Every ack reported for an alert, oldest first.
     fn ack_history(&self, alert: AlertId) -> StoreFuture<Vec<AckRecord>>;
     /// Every change of an alert's search cells, oldest first.

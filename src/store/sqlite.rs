@@ -14,7 +14,9 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::{Scope, Snapshot, Store, StoreError, StoreFuture, TargetRecord, Viewer, Write};
+use super::{
+    EventFilter, Scope, Snapshot, Store, StoreError, StoreFuture, StoredEvent, TargetRecord, Write,
+};
 use crate::domain::{AckState, AlertId, Unit};
 use crate::hub::Frame;
 use crate::protocol::{AckRecord, Alert};
@@ -22,26 +24,22 @@ use crate::protocol::{AckRecord, Alert};
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, issued_at INTEGER NOT NULL, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS alert_targets (
-    alert_id TEXT NOT NULL, sub TEXT NOT NULL, unit TEXT NOT NULL, first_seq INTEGER NOT NULL,
-    PRIMARY KEY (alert_id, sub)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS alert_targets_by_sub ON alert_targets (sub, alert_id);
+CREATE TABLE IF NOT EXISTS target_sets (
+    id INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
+    targets TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, scope TEXT NOT NULL, only_sub TEXT,
     staff INTEGER NOT NULL, at INTEGER NOT NULL, frame TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_alert ON events (alert_id, seq);
 CREATE TABLE IF NOT EXISTS acks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL, sub TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, sub TEXT NOT NULL,
     name TEXT NOT NULL, unit TEXT NOT NULL, state TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS acks_by_alert ON acks (alert_id, id);
-CREATE TABLE IF NOT EXISTS ack_latest (
-    alert_id TEXT NOT NULL, sub TEXT NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL,
-    state TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (alert_id, sub)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS grid_cells (
     alert_id TEXT NOT NULL, cell TEXT NOT NULL, json TEXT NOT NULL,
     PRIMARY KEY (alert_id, cell)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS grid_history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL, cell TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, cell TEXT NOT NULL,
     at INTEGER NOT NULL, json TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS grid_history_by_alert ON grid_history (alert_id, id);
 CREATE TABLE IF NOT EXISTS places (
@@ -64,6 +62,8 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
+    // 32 MiB of page cache: a burst of alerts and acks stays in memory.
+    conn.pragma_update(None, "cache_size", -32_768)?;
     Ok(conn)
 }
 
@@ -155,17 +155,14 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
         let mut put_alert = tx.prepare_cached(
             "INSERT OR REPLACE INTO alerts (id, status, issued_at, json) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let mut put_target = tx.prepare_cached(
-            "INSERT OR IGNORE INTO alert_targets (alert_id, sub, unit, first_seq) VALUES (?1, ?2, ?3, ?4)",
+        let mut put_targets = tx.prepare_cached(
+            "INSERT INTO target_sets (alert_id, first_seq, targets) VALUES (?1, ?2, ?3)",
         )?;
         let mut put_event = tx.prepare_cached(
             "INSERT INTO events (seq, alert_id, scope, only_sub, staff, at, frame) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut put_ack = tx.prepare_cached(
             "INSERT INTO acks (alert_id, sub, name, unit, state, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let mut put_latest = tx.prepare_cached(
-            "INSERT OR REPLACE INTO ack_latest (alert_id, sub, name, unit, state, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut put_place = tx.prepare_cached(
             "INSERT OR REPLACE INTO places (sub, unit, cell, at) VALUES (?1, ?2, ?3, ?4)",
@@ -195,14 +192,13 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
                         first_seq,
                         targets,
                     } => {
-                        for t in targets {
-                            put_target.execute(params![
-                                alert.as_str(),
-                                &*t.sub,
-                                t.unit.as_str(),
-                                *first_seq as i64
-                            ])?;
-                        }
+                        // One row per targeting event, however many targets:
+                        // the fan-out waits on this commit.
+                        let list: Vec<(&str, &str)> =
+                            targets.iter().map(|t| (t.unit.as_str(), &*t.sub)).collect();
+                        let json = serde_json::to_string(&list)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        put_targets.execute(params![alert.as_str(), *first_seq as i64, json])?;
                     }
                     Write::Event(e) => {
                         let (scope, only) = scope_parts(&e.scope);
@@ -218,22 +214,13 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
                             frame
                         ])?;
                     }
-                    Write::Ack { record, latest } => {
-                        let r = record;
+                    Write::Ack(r) => {
                         put_ack.execute(params![
                             r.alert.as_str(),
                             r.responder,
                             r.name,
                             r.unit.as_str(),
                             r.state.as_str(),
-                            r.at as i64
-                        ])?;
-                        put_latest.execute(params![
-                            r.alert.as_str(),
-                            r.responder,
-                            r.name,
-                            r.unit.as_str(),
-                            latest.as_str(),
                             r.at as i64
                         ])?;
                     }
@@ -297,34 +284,47 @@ fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
             serde_json::from_str(&json?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         snap.alerts.push(alert);
     }
-    let mut stmt = conn.prepare("SELECT alert_id, sub, unit, first_seq FROM alert_targets")?;
+    let mut stmt =
+        conn.prepare("SELECT alert_id, first_seq, targets FROM target_sets ORDER BY id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let alert = alert_id_of(&r.get::<_, String>(0)?)?;
-        let sub: String = r.get(1)?;
-        let unit = unit_of(&r.get::<_, String>(2)?)?;
-        let first: i64 = r.get(3)?;
-        snap.targets.push((
-            alert,
-            TargetRecord {
+        let first = r.get::<_, i64>(1)? as u64;
+        let list: Vec<(String, String)> = serde_json::from_str(&r.get::<_, String>(2)?)
+            .map_err(|e| StoreError::Corrupt(format!("target set: {e}")))?;
+        for (unit, sub) in list {
+            let target = TargetRecord {
                 sub: sub.into(),
-                unit,
-            },
-            first as u64,
-        ));
+                unit: unit_of(&unit)?,
+            };
+            snap.targets.push((alert.clone(), target, first));
+        }
     }
-    let mut stmt = conn.prepare("SELECT alert_id, sub, name, unit, state, at FROM ack_latest")?;
+    // The latest ack per responder, folded from the history in order.
+    let mut latest: std::collections::HashMap<(String, String), AckRecord> = Default::default();
+    let mut stmt =
+        conn.prepare("SELECT alert_id, sub, name, unit, state, at FROM acks ORDER BY id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        snap.acks.push(AckRecord {
+        let rec = AckRecord {
             alert: alert_id_of(&r.get::<_, String>(0)?)?,
             responder: r.get(1)?,
             name: r.get(2)?,
             unit: unit_of(&r.get::<_, String>(3)?)?,
             state: ack_state_of(&r.get::<_, String>(4)?)?,
             at: r.get::<_, i64>(5)? as u64,
-        });
+        };
+        let key = (rec.alert.as_str().to_string(), rec.responder.clone());
+        let merged = AckState::merge(latest.get(&key).map(|l| l.state), rec.state);
+        latest.insert(
+            key,
+            AckRecord {
+                state: merged,
+                ..rec
+            },
+        );
     }
+    snap.acks = latest.into_values().collect();
     let mut stmt = conn.prepare("SELECT sub, unit, cell, at FROM places")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -354,12 +354,6 @@ fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     Ok(snap)
 }
 
-fn frames(rows: Vec<(i64, String)>) -> Vec<(u64, Frame)> {
-    rows.into_iter()
-        .map(|(seq, f)| (seq as u64, Frame::from(f)))
-        .collect()
-}
-
 impl Store for SqliteStore {
     fn commit(&self, writes: Vec<Write>) -> StoreFuture<()> {
         let (done, wait) = oneshot::channel();
@@ -381,38 +375,61 @@ impl Store for SqliteStore {
 
     fn events_since(
         &self,
-        viewer: Viewer,
         since: u64,
+        filter: EventFilter,
         limit: usize,
-    ) -> StoreFuture<Vec<(u64, Frame)>> {
+    ) -> StoreFuture<Vec<StoredEvent>> {
         self.read(move |conn| {
             let since = since.min(i64::MAX as u64) as i64;
             let limit = limit.min(i64::MAX as usize) as i64;
-            let rows: Vec<(i64, String)> = match viewer {
-                Viewer::Staff => {
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT seq, frame FROM events WHERE seq > ?1 AND staff = 1 ORDER BY seq LIMIT ?2",
-                    )?;
-                    stmt.query_map(params![since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<Result<_, _>>()?
+            let mut out = Vec::new();
+            let mut read = |sql: &str, alert: Option<&AlertId>| -> Result<(), StoreError> {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let mut rows = match alert {
+                    Some(a) => stmt.query(params![since, limit, a.as_str()])?,
+                    None => stmt.query(params![since, limit])?,
+                };
+                while let Some(r) = rows.next()? {
+                    let scope = match (
+                        r.get::<_, String>(2)?.as_str(),
+                        r.get::<_, Option<String>>(3)?,
+                    ) {
+                        ("targets", _) => Scope::Targets,
+                        ("new", _) => Scope::NewTargets,
+                        ("one", Some(sub)) => Scope::One(sub.into()),
+                        ("staff", _) => Scope::StaffOnly,
+                        (other, _) => {
+                            return Err(StoreError::Corrupt(format!("event scope '{other}'")));
+                        }
+                    };
+                    out.push(StoredEvent {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        alert: alert_id_of(&r.get::<_, String>(1)?)?,
+                        scope,
+                        frame: Frame::from(r.get::<_, String>(4)?),
+                    });
                 }
-                Viewer::Responder(sub) => {
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT e.seq, e.frame FROM events e
-                           JOIN alert_targets t ON t.alert_id = e.alert_id AND t.sub = ?1
-                          WHERE e.seq > ?2
-                            AND ((e.scope = 'targets' AND e.seq >= t.first_seq)
-                              OR (e.scope = 'new' AND e.seq = t.first_seq))
-                         UNION ALL
-                         SELECT seq, frame FROM events
-                          WHERE seq > ?2 AND scope = 'one' AND only_sub = ?1
-                         ORDER BY 1 LIMIT ?3",
-                    )?;
-                    stmt.query_map(params![&*sub, since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<Result<_, _>>()?
-                }
+                Ok(())
             };
-            Ok(frames(rows))
+            match filter {
+                EventFilter::Staff => read(
+                    "SELECT seq, alert_id, scope, only_sub, frame FROM events
+                      WHERE seq > ?1 AND staff = 1 ORDER BY seq LIMIT ?2",
+                    None,
+                )?,
+                EventFilter::Alerts(alerts) => {
+                    for a in &alerts {
+                        read(
+                            "SELECT seq, alert_id, scope, only_sub, frame FROM events
+                              WHERE seq > ?1 AND alert_id = ?3 ORDER BY seq LIMIT ?2",
+                            Some(a),
+                        )?;
+                    }
+                    out.sort_by_key(|e| e.seq);
+                    out.truncate(limit as usize);
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -481,17 +498,14 @@ mod tests {
     use crate::store::EventRecord;
 
     fn ack(alert: &AlertId, sub: &str, state: AckState) -> Write {
-        Write::Ack {
-            record: AckRecord {
-                alert: alert.clone(),
-                responder: sub.into(),
-                name: String::new(),
-                unit: Unit::Volunteer,
-                state,
-                at: 1,
-            },
-            latest: state,
-        }
+        Write::Ack(AckRecord {
+            alert: alert.clone(),
+            responder: sub.into(),
+            name: String::new(),
+            unit: Unit::Volunteer,
+            state,
+            at: 1,
+        })
     }
 
     #[tokio::test]
@@ -513,23 +527,30 @@ mod tests {
             for t in tasks {
                 t.await.expect("join").expect("commit");
             }
+            // A late delivery receipt does not undo the decision on reload.
+            store
+                .commit(vec![ack(&alert, "r0", AckState::Received)])
+                .await
+                .expect("commit");
             store.close();
         }
         let store = SqliteStore::open(dir.path(), 512).expect("reopen");
         let snap = store.load().await.expect("load");
         assert_eq!(snap.acks.len(), 500);
-        assert_eq!(store.ack_history(alert).await.expect("history").len(), 500);
+        assert!(snap.acks.iter().all(|a| a.state == AckState::Accepted));
+        assert_eq!(store.ack_history(alert).await.expect("history").len(), 501);
     }
 
     #[tokio::test]
-    async fn replay_returns_only_what_concerns_the_viewer() {
+    async fn events_and_target_sets_round_trip() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = SqliteStore::open(dir.path(), 64).expect("open");
         let a = AlertId::parse("al_a").expect("id");
-        let ev = |seq, scope, staff| {
+        let b = AlertId::parse("al_b").expect("id");
+        let ev = |alert: &AlertId, seq, scope, staff| {
             Write::Event(EventRecord {
                 seq,
-                alert: a.clone(),
+                alert: alert.clone(),
                 scope,
                 staff,
                 at_ms: 0,
@@ -545,42 +566,48 @@ mod tests {
                 Write::Targets {
                     alert: a.clone(),
                     first_seq: 1,
-                    targets: vec![target("old")],
+                    targets: vec![target("old"), target("other")],
                 },
-                ev(1, Scope::NewTargets, true),
-                ev(2, Scope::Targets, true),
+                ev(&a, 1, Scope::NewTargets, true),
+                ev(&b, 2, Scope::NewTargets, true),
                 Write::Targets {
                     alert: a.clone(),
                     first_seq: 3,
                     targets: vec![target("new")],
                 },
-                ev(3, Scope::NewTargets, false),
-                ev(4, Scope::One("old".into()), false),
-                ev(5, Scope::Targets, true),
+                ev(&a, 3, Scope::NewTargets, false),
+                ev(&a, 4, Scope::One("old".into()), false),
+                ev(&a, 5, Scope::Targets, true),
             ])
             .await
             .expect("commit");
-        let seqs = |v: Vec<(u64, Frame)>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
-        let old = store
-            .events_since(Viewer::Responder("old".into()), 0, 100)
-            .await
-            .expect("replay");
-        assert_eq!(seqs(old), vec![1, 2, 4, 5]);
-        let new = store
-            .events_since(Viewer::Responder("new".into()), 0, 100)
-            .await
-            .expect("replay");
-        assert_eq!(seqs(new), vec![3, 5]);
+        let seqs = |v: Vec<StoredEvent>| v.into_iter().map(|e| e.seq).collect::<Vec<_>>();
         let staff = store
-            .events_since(Viewer::Staff, 1, 100)
+            .events_since(1, EventFilter::Staff, 100)
             .await
             .expect("replay");
         assert_eq!(seqs(staff), vec![2, 5]);
-        let nobody = store
-            .events_since(Viewer::Responder("x".into()), 0, 100)
+        let of_a = store
+            .events_since(1, EventFilter::Alerts(vec![a.clone()]), 100)
             .await
             .expect("replay");
-        assert!(nobody.is_empty());
-        assert_eq!(store.load().await.expect("load").last_seq, 5);
+        assert!(matches!(&of_a[1].scope, Scope::One(s) if &**s == "old"));
+        assert_eq!(seqs(of_a), vec![3, 4, 5]);
+        let snap = store.load().await.expect("load");
+        assert_eq!(snap.last_seq, 5);
+        let mut targets: Vec<_> = snap
+            .targets
+            .iter()
+            .map(|(al, t, first)| (al.as_str().to_string(), t.sub.to_string(), *first))
+            .collect();
+        targets.sort();
+        assert_eq!(
+            targets,
+            vec![
+                ("al_a".into(), "new".into(), 3),
+                ("al_a".into(), "old".into(), 1),
+                ("al_a".into(), "other".into(), 1)
+            ]
+        );
     }
 }
