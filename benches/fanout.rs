@@ -199,7 +199,7 @@ fn enqueue(c: &mut Criterion) {
                 || drain(&mut receivers),
                 |_| {
                     let frame = alert_frame(AlertEventKind::Alert, 42, &alert);
-                    let d = hub.deliver(&rids, &Outgoing { seq: 42, frame }, false);
+                    let d = hub.deliver(&rids, &Outgoing::new(42, frame), false);
                     black_box(d.frames)
                 },
                 BatchSize::PerIteration,
@@ -213,11 +213,7 @@ fn enqueue(c: &mut Criterion) {
                     for rid in &rids {
                         let frame = alert_frame(AlertEventKind::Alert, 42, &alert);
                         frames += hub
-                            .deliver(
-                                std::slice::from_ref(rid),
-                                &Outgoing { seq: 42, frame },
-                                false,
-                            )
+                            .deliver(std::slice::from_ref(rid), &Outgoing::new(42, frame), false)
                             .frames;
                     }
                     black_box(frames)

@@ -224,7 +224,7 @@ async fn bus_loop(
                     .iter()
                     .filter_map(|s| hub.responder_id(s))
                     .collect();
-                hub.deliver(&rids, &Outgoing { seq, frame }, to_staff);
+                hub.deliver(&rids, &Outgoing::new(seq, frame), to_staff);
             }
             Ok(BusMessage::Watchers { .. }) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -174,7 +174,7 @@ impl Default for WsSettings {
             heartbeat_s: 25,
             outbox_capacity: 256,
             max_message_bytes: 64 * 1024,
-            read_buffer_bytes: 2048,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
             write_timeout_s: 10,
             rate_per_s: 20.0,

@@ -325,13 +325,20 @@ async fn run(mut socket: WebSocket, app: AppState) {
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     let mut last_heard = Instant::now();
     let mut limiter = RateLimit::new(cfg.rate_per_s, cfg.rate_burst);
+    // The shutdown and overflow waits are created once and stay registered:
+    // re-creating them on every pass would lock their waiter lists twice
+    // per frame sent.
     let mut shutdown = app.shutdown.clone();
+    let stopping = shutdown.wait_for(|stop| *stop);
+    tokio::pin!(stopping);
+    let overflow = outbox.overflow.notified();
+    tokio::pin!(overflow);
 
     loop {
         let event = tokio::select! {
             biased;
-            _ = shutdown.changed() => Event::Shutdown,
-            _ = outbox.overflow.notified() => Event::Overflow,
+            _ = &mut stopping => Event::Shutdown,
+            _ = &mut overflow => Event::Overflow,
             item = rx.recv() => Event::Out(item),
             msg = socket.recv() => Event::Client(msg),
             _ = ticker.tick() => Event::Heartbeat,
@@ -356,8 +363,8 @@ async fn run(mut socket: WebSocket, app: AppState) {
                 let mut item = Some(first);
                 let mut fed = 0;
                 while let Some(it) = item.take() {
-                    if it.seq == 0 || it.seq > replayed_upto {
-                        match timeout(write_timeout, socket.feed(text(it.frame))).await {
+                    if it.seq() == 0 || it.seq() > replayed_upto {
+                        match timeout(write_timeout, socket.feed(text(it.frame()))).await {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => return,
                             Err(_) => return stalled(&app, sid),
@@ -515,7 +522,7 @@ async fn dispatch(
             // Ack the watch; the current summary and coverage follow at once.
             let ok = ok_frame(id.as_ref());
             for frame in frames {
-                app.hub.send_to(&[sid], &Outgoing { seq: 0, frame });
+                app.hub.send_to(&[sid], &Outgoing::new(0, frame));
             }
             Ok(Some(ok))
         }

@@ -616,14 +616,9 @@ impl Alerts {
     fn fan_out(&self, seq: u64, rids: &[ResponderId], frame: &Frame, to_staff: bool) -> Delivery {
         let inner = &self.inner;
         inner.last_seq.store(seq, Ordering::Release);
-        let d = inner.hub.deliver(
-            rids,
-            &Outgoing {
-                seq,
-                frame: frame.clone(),
-            },
-            to_staff,
-        );
+        let d = inner
+            .hub
+            .deliver(rids, &Outgoing::new(seq, frame.clone()), to_staff);
         inner.metrics.events.fetch_add(1, Ordering::Relaxed);
         inner
             .metrics
@@ -968,19 +963,10 @@ impl Alerts {
         inner.metrics.acks.fetch_add(1, Ordering::Relaxed);
         if !watchers.is_empty() {
             let hub = &inner.hub;
+            hub.send_to(&watchers, &Outgoing::new(0, ack_frame(&record)));
             hub.send_to(
                 &watchers,
-                &Outgoing {
-                    seq: 0,
-                    frame: ack_frame(&record),
-                },
-            );
-            hub.send_to(
-                &watchers,
-                &Outgoing {
-                    seq: 0,
-                    frame: ack_summary_frame(&id, &counts),
-                },
+                &Outgoing::new(0, ack_summary_frame(&id, &counts)),
             );
         }
         self.grid_after_ack(by, &id, state).await;
@@ -997,13 +983,9 @@ impl Alerts {
             )
         };
         if !watchers.is_empty() {
-            self.inner.hub.send_to(
-                &watchers,
-                &Outgoing {
-                    seq: 0,
-                    frame: ack_summary_frame(id, &counts),
-                },
-            );
+            self.inner
+                .hub
+                .send_to(&watchers, &Outgoing::new(0, ack_summary_frame(id, &counts)));
         }
     }
 

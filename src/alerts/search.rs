@@ -245,13 +245,7 @@ impl Alerts {
             }
         }
         if !watchers.is_empty() {
-            inner.hub.send_to(
-                &watchers,
-                &Outgoing {
-                    seq: 0,
-                    frame: coverage,
-                },
-            );
+            inner.hub.send_to(&watchers, &Outgoing::new(0, coverage));
         }
         Ok(())
     }
