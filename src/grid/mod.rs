@@ -171,7 +171,7 @@ impl Default for GridSettings {
             start_timeout_s: 300,
             disconnect_grace_s: 120,
             distance_scale_m: 500.0,
-            rings_file: PathBuf::from("config/lost_person_rings.toml"),
+            rings_file: PathBuf::new(),
             max_cells: 20_000,
         }
     }
