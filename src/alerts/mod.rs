@@ -15,6 +15,8 @@ mod search;
 pub use search::CellAction;
 
 use std::collections::{HashMap, HashSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -227,14 +229,14 @@ struct AlertEntry {
     alert: Alert,
     /// Every responder targeted: its unit and the `seq` of the event that
     /// first targeted it (what a replay sends it starts there).
-    targets: HashMap<Arc<str>, (Unit, u64)>,
+    targets: FxHashMap<Arc<str>, (Unit, u64)>,
     target_rids: Vec<ResponderId>,
-    acks: HashMap<Arc<str>, AckState>,
-    reached: HashSet<Arc<str>>,
+    acks: FxHashMap<Arc<str>, AckState>,
+    reached: FxHashSet<Arc<str>>,
     /// Display names responders gave in their tokens (learnt from acks).
-    names: HashMap<Arc<str>, String>,
+    names: FxHashMap<Arc<str>, String>,
     /// Responders at least one of whose devices accepted a push.
-    pushed: HashSet<Arc<str>>,
+    pushed: FxHashSet<Arc<str>>,
     counts: AckCounts,
     watchers: HashSet<SessionId>,
     /// The search grid, for searchable kinds.
@@ -245,12 +247,12 @@ impl AlertEntry {
     fn new(alert: Alert) -> Self {
         Self {
             alert,
-            targets: HashMap::new(),
+            targets: FxHashMap::default(),
             target_rids: Vec::new(),
-            acks: HashMap::new(),
-            reached: HashSet::new(),
-            names: HashMap::new(),
-            pushed: HashSet::new(),
+            acks: FxHashMap::default(),
+            reached: FxHashSet::default(),
+            names: FxHashMap::default(),
+            pushed: FxHashSet::default(),
             counts: AckCounts::default(),
             watchers: HashSet::new(),
             grid: None,
@@ -549,9 +551,14 @@ impl Alerts {
             outcome: None,
             updated_at: now,
         };
-        let grid = self.build_grid(&alert, &by.sub, now)?;
+        // A searchable alert's grid is built after the fan-out (it can be
+        // thousands of cells); only the subject is checked before.
+        let searchable = inner.search.settings.is_searchable(&alert.kind);
+        if searchable {
+            inner.search.rings.resolve(alert.subject.as_deref())?;
+        }
         let frame = alert_frame(AlertEventKind::Alert, seq, &alert);
-        let mut writes = vec![
+        let writes = vec![
             Write::Alert(alert.clone()),
             Write::Targets {
                 alert: alert.id.clone(),
@@ -573,15 +580,10 @@ impl Alerts {
                 frame: frame.clone(),
             }),
         ];
-        if let Some(g) = &grid {
-            writes.push(Write::GridCells {
-                alert: alert.id.clone(),
-                records: g.records(),
-            });
-        }
         inner.store.commit(writes).await.map_err(store_err)?;
         let mut entry = AlertEntry::new(alert.clone());
-        entry.grid = grid;
+        entry.targets.reserve(targets.len());
+        entry.reached.reserve(targets.len());
         for t in &targets {
             entry.add_target(t.sub.clone(), t.unit, t.rid, seq);
             if t.live {
@@ -603,6 +605,11 @@ impl Alerts {
             targets.iter().filter(|t| !t.live).map(|t| t.sub.clone()),
         );
         tracing::info!(alert = %alert.id, seq, targeted = targets.len(), live = delivery.responders_live, push_queued, "alert issued");
+        if searchable {
+            // Still under the sequencer: an accept that races this waits for
+            // the grid in `apply_grid`.
+            self.attach_grid(&alert, &by.sub, now);
+        }
         Ok(IssueOutcome {
             alert,
             targeted: targets.len(),

@@ -131,6 +131,25 @@ impl Alerts {
         Ok(Some(grid))
     }
 
+    /// Builds a new alert's grid (the caller holds the sequencer). Its
+    /// initial state is not written: it follows from the alert (centre,
+    /// radius, subject) and the ring table, and is rebuilt the same way on
+    /// restart; only changes to cells go on the record. A failure leaves the
+    /// alert without a grid and is logged: the alert itself has gone out.
+    pub(super) fn attach_grid(&self, alert: &crate::protocol::Alert, by: &Arc<str>, now: u64) {
+        let grid = match self.build_grid(alert, by, now) {
+            Ok(Some(g)) => g,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(alert = %alert.id, error = %e, "search grid not built");
+                return;
+            }
+        };
+        if let Some(entry) = self.inner.alerts.lock().get_mut(&alert.id) {
+            entry.grid = Some(grid);
+        }
+    }
+
     /// Takes the sequencer and applies `op` to the alert's grid.
     pub(super) async fn apply_grid(
         &self,
@@ -252,13 +271,13 @@ impl Alerts {
 
     /// After a committed ack: accepting takes a cell, declining gives it back.
     pub(super) async fn grid_after_ack(&self, by: &Principal, id: &AlertId, state: AckState) {
-        let has_grid = self
-            .inner
-            .alerts
-            .lock()
-            .get(id)
-            .is_some_and(|e| e.grid.is_some() && e.alert.status == AlertStatus::Active);
-        if !has_grid {
+        // By kind, not by grid: the grid of a brand-new alert may still be
+        // being built; `apply_grid` waits for it behind the sequencer.
+        let searchable = self.inner.alerts.lock().get(id).is_some_and(|e| {
+            e.alert.status == AlertStatus::Active
+                && self.inner.search.settings.is_searchable(&e.alert.kind)
+        });
+        if !searchable {
             return;
         }
         let sub = by.sub.clone();

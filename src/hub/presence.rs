@@ -5,8 +5,9 @@
 //! and the responders in them, never to everyone registered. Only the cell is
 //! kept, never raw coordinates.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use h3o::CellIndex;
 
@@ -44,9 +45,11 @@ struct Slot {
 
 #[derive(Debug, Default)]
 pub struct PresenceIndex {
-    ids: HashMap<Arc<str>, ResponderId>,
+    ids: FxHashMap<Arc<str>, ResponderId>,
     responders: Vec<ResponderEntry>,
-    cells: HashMap<CellIndex, Vec<Slot>>,
+    /// Fx hashing: keys are H3 indexes and ids from signed tokens, not
+    /// attacker-chosen, and this map is on the selection path.
+    cells: FxHashMap<CellIndex, Vec<Slot>>,
 }
 
 impl PresenceIndex {
