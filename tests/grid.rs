@@ -373,6 +373,20 @@ async fn coordinators_exclude_and_reweight_cells() {
         (total - 1.0).abs() < 1e-9,
         "renormalized without the lake: {total}"
     );
+    // An unknown lost-person category is refused before anything is sent.
+    let (s, v) = app
+        .post(
+            &app.police,
+            "/api/v1/alerts",
+            json!({"kind": "missing_person", "title": "t", "lat": JIAXING.0,
+              "lng": JIAXING.1, "radius_m": 500.0, "audience": ["volunteer"], "subject": "dragon"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
     // A non-searchable kind has no grid.
     let flood = app
         .issue_kind("flood_warning", JIAXING, 600.0, &["volunteer"])

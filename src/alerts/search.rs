@@ -271,6 +271,9 @@ impl Alerts {
 
     /// After a committed ack: accepting takes a cell, declining gives it back.
     pub(super) async fn grid_after_ack(&self, by: &Principal, id: &AlertId, state: AckState) {
+        if !matches!(state, AckState::Accepted | AckState::Declined) {
+            return;
+        }
         // By kind, not by grid: the grid of a brand-new alert may still be
         // being built; `apply_grid` waits for it behind the sequencer.
         let searchable = self.inner.alerts.lock().get(id).is_some_and(|e| {
