@@ -394,7 +394,9 @@ fn read_or_create_key(path: &Path, generate: bool) -> Result<Secret, ConfigError
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Creates `path` (it must not exist) readable by its owner only, writes
+/// `contents` and syncs it: for generated keys.
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

@@ -282,7 +282,8 @@ struct SeqAlert<'a> {
     alert: &'a Alert,
 }
 
-fn to_frame<T: Serialize>(value: &T) -> Frame {
+/// Encodes a server message once into a shareable frame.
+pub fn to_frame<T: Serialize>(value: &T) -> Frame {
     // Serializing our own types to a Vec cannot fail (no maps with non-string
     // keys, no failing Serialize impls); fall back to an internal error frame.
     match serde_json::to_vec(value) {

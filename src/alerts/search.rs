@@ -21,17 +21,8 @@ use crate::grid::{
     Assignment, CellReport, Coverage, Effects, GridError, ReleaseReason, Revoked, SearchGrid,
 };
 use crate::hub::{Frame, Outgoing};
-use crate::protocol::{AlertEventKind, ApiError, alert_frame};
+use crate::protocol::{AlertEventKind, ApiError, alert_frame, to_frame};
 use crate::store::{EventRecord, Scope, Write};
-
-fn to_frame<T: Serialize>(value: &T) -> Frame {
-    match serde_json::to_vec(value) {
-        Ok(v) => Frame::from(v),
-        Err(_) => {
-            Frame::from_static(br#"{"type":"error","code":"internal","message":"encoding failed"}"#)
-        }
-    }
-}
 
 /// `assignment`: the cell a responder is to search, drawable without H3.
 pub fn assignment_frame(seq: u64, alert: &AlertId, a: &Assignment) -> Frame {

@@ -165,7 +165,7 @@ fn read_or_generate(path: &Path) -> Result<SecretKey, PushError> {
                 std::fs::create_dir_all(dir).map_err(err)?;
             }
             let (private, _) = generate();
-            match write_private(path, &format!("{private}\n")) {
+            match crate::config::write_private(path, &format!("{private}\n")) {
                 Ok(()) => {
                     tracing::info!(path = %path.display(), "generated a VAPID key pair");
                     parse_private_key(&private)
@@ -180,20 +180,6 @@ fn read_or_generate(path: &Path) -> Result<SecretKey, PushError> {
         }
         Err(e) => Err(err(e)),
     }
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()
 }
 
 impl VapidKey {
