@@ -697,3 +697,21 @@ export async function registerServiceWorker() {
     return null;
   }
 }
+
+/** Applies an `ack` message to `acks` (responder → latest state). A late
+ *  delivery receipt never undoes a decision, as on the hub. Returns whether
+ *  anything changed. */
+export function applyAck(acks, msg) {
+  const known = acks.get(msg.responder);
+  if (known && msg.state === 'received' && known.state !== 'pending') return false;
+  acks.set(msg.responder, { unit: msg.unit, state: msg.state, name: msg.name || known?.name || '', at: msg.at });
+  return true;
+}
+
+/** Writes ack counters into the elements `#count-<name>`. */
+export function showCounters(counts, names) {
+  for (const k of names) {
+    const node = document.getElementById(`count-${k}`);
+    if (node) node.textContent = counts[k] ?? 0;
+  }
+}

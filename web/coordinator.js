@@ -8,7 +8,7 @@ import strings from './i18n/coordinator.js';
 import {
   initI18n, wireLangSwitch, onLangChange, t, api, HubSocket, signIn, forgetToken, el, $,
   announce, toast, fmtTime, fmtDistance, debounce, showConnection, loadConfig, makeMap,
-  polygonRing, ringCentre,
+  polygonRing, ringCentre, applyAck, showCounters,
 } from './common.js';
 
 initI18n(strings);
@@ -515,20 +515,14 @@ function onMessage(msg) {
       if (e) e.counts = msg.counts;
       if (msg.alert === state.selected) {
         state.counts = msg.counts;
-        for (const k of COUNTERS) {
-          const node = document.getElementById(`count-${k}`);
-          if (node) node.textContent = msg.counts[k] ?? 0;
-        }
+        showCounters(msg.counts, COUNTERS);
       }
       renderAlertList();
       break;
     }
     case 'ack': {
       if (msg.alert !== state.selected) return;
-      const known = state.acks.get(msg.responder);
-      if (known && msg.state === 'received' && known.state !== 'pending') return;
-      state.acks.set(msg.responder, { unit: msg.unit, state: msg.state, name: msg.name || known?.name || '', at: msg.at });
-      scheduleAcks();
+      if (applyAck(state.acks, msg)) scheduleAcks();
       break;
     }
     case 'coverage':

@@ -7,6 +7,7 @@ import strings from './i18n/police.js';
 import {
   initI18n, wireLangSwitch, onLangChange, t, api, HubSocket, signIn, forgetToken, el, $,
   announce, toast, fmtTime, fmtDistance, debounce, showConnection, loadConfig, makeMap, hasMap,
+  applyAck, showCounters,
 } from './common.js';
 
 initI18n(strings);
@@ -534,22 +535,13 @@ function onMessage(msg) {
       const entry = state.alerts.get(msg.alert);
       if (!entry) return;
       entry.counts = msg.counts;
-      if (msg.alert === state.selected) {
-        for (const k of COUNTERS) {
-          const node = document.getElementById(`count-${k}`);
-          if (node) node.textContent = msg.counts[k] ?? 0;
-        }
-      }
+      if (msg.alert === state.selected) showCounters(msg.counts, COUNTERS);
       renderAlertList();
       break;
     }
     case 'ack': {
       if (msg.alert !== state.selected) return;
-      const known = state.acks.get(msg.responder);
-      // A late delivery receipt never undoes a decision.
-      if (known && msg.state === 'received' && known.state !== 'pending') return;
-      state.acks.set(msg.responder, { unit: msg.unit, state: msg.state, name: msg.name || known?.name || '', at: msg.at });
-      scheduleResponders();
+      if (applyAck(state.acks, msg)) scheduleResponders();
       break;
     }
     default:
