@@ -429,6 +429,18 @@ mod tests {
         assert_eq!(code_of(r#"{"type":"ping"}"#), "ok");
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, parsing answers (a message or an error)
+        /// and never panics.
+        #[test]
+        fn parsing_never_panics(raw in ".{0,200}", ty in "(hello|location|ack|cell|watch|ping|off_duty|assign|x)",
+                                field in "[a-z_]{1,10}", value in proptest::prelude::any::<f64>()) {
+            let _ = ClientMessage::parse(&raw);
+            let shaped = format!(r#"{{"type":"{ty}","{field}":{value},"id":{value}}}"#);
+            let _ = ClientMessage::parse(&shaped);
+        }
+    }
+
     #[test]
     fn id_is_recovered_from_a_bad_message() {
         let Err((id, _)) = ClientMessage::parse(r#"{"type":"ack","id":7}"#) else {
