@@ -270,7 +270,7 @@ async fn grid(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&who, STAFF, "see the search grid")?;
-    let bytes = app.alerts.grid_geojson(&alert_id(&id)?)?;
+    let bytes = app.alerts.grid_geojson(&alert_id(&id)?).await?;
     Ok(([(header::CONTENT_TYPE, "application/geo+json")], bytes).into_response())
 }
 

@@ -518,7 +518,7 @@ async fn dispatch(
             Ok(None)
         }
         ClientMessage::Watch { alert, id } => {
-            let frames = app.alerts.watch(sid, who, &alert)?;
+            let frames = app.alerts.watch(sid, who, &alert).await?;
             // Ack the watch; the current summary and coverage follow at once.
             let ok = ok_frame(id.as_ref());
             for frame in frames {

@@ -1143,7 +1143,7 @@ impl Alerts {
 
     /// Adds a staff session as a watcher; returns the frames that bring it
     /// up to date at once (the ack summary, and the whole grid's coverage).
-    pub fn watch(
+    pub async fn watch(
         &self,
         sid: SessionId,
         by: &Principal,
@@ -1151,6 +1151,7 @@ impl Alerts {
     ) -> Result<Vec<Frame>, ApiError> {
         crate::auth::require(by, &[Role::Police, Role::Coordinator], "watch alerts")?;
         let id = AlertId::parse(alert)?;
+        self.grid_ready(&id).await;
         let summary = {
             let mut alerts = self.inner.alerts.lock();
             let entry = alerts.get_mut(&id).ok_or_else(|| not_found(&id))?;

@@ -444,7 +444,8 @@ impl Alerts {
     }
 
     /// The grid as an RFC 7946 FeatureCollection (bytes).
-    pub fn grid_geojson(&self, id: &AlertId) -> Result<Vec<u8>, ApiError> {
+    pub async fn grid_geojson(&self, id: &AlertId) -> Result<Vec<u8>, ApiError> {
+        self.grid_ready(id).await;
         let mut alerts = self.inner.alerts.lock();
         let entry = grid_of(&mut alerts, id)?;
         Ok(entry
@@ -452,6 +453,21 @@ impl Alerts {
             .as_ref()
             .map(|g| g.to_geojson_bytes())
             .unwrap_or_default())
+    }
+
+    /// A new alert is delivered before its grid is built (the grid is built
+    /// right after, still under the sequencer). Readers that see the alert
+    /// and ask for its grid at once wait for that turn to end instead of
+    /// being told there is none.
+    pub(super) async fn grid_ready(&self, id: &AlertId) {
+        let pending = self.inner.alerts.lock().get(id).is_some_and(|e| {
+            e.grid.is_none()
+                && e.alert.status.is_open()
+                && self.inner.search.settings.is_searchable(&e.alert.kind)
+        });
+        if pending {
+            drop(self.inner.sequencer.lock().await);
+        }
     }
 
     /// The whole grid as one `coverage` frame (for a new watcher).
