@@ -226,7 +226,6 @@ async fn bus_loop(
                     .collect();
                 hub.deliver(&rids, &Outgoing::new(seq, frame), to_staff);
             }
-            Ok(BusMessage::Watchers { .. }) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "bus subscriber lagged");
             }

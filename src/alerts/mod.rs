@@ -417,8 +417,7 @@ impl Alerts {
         let Some(push) = self.inner.push.get() else {
             return 0;
         };
-        let hub = &self.inner.hub;
-        let offline: Vec<Arc<str>> = subs.into_iter().filter(|s| !hub.is_live(s)).collect();
+        let offline = self.inner.hub.offline(subs);
         if offline.is_empty() {
             return 0;
         }
@@ -660,10 +659,11 @@ impl Alerts {
         let limits = &inner.limits;
         let turn = inner.sequencer.lock().await;
         let now = now_ms();
-        let (mut alert, old_rids) = {
+        let (mut alert, old_rids, old_subs) = {
             let alerts = inner.alerts.lock();
             let entry = alerts.get(id).ok_or_else(|| not_found(id))?;
-            (entry.alert.clone(), entry.target_rids.clone())
+            let subs: Vec<Arc<str>> = entry.targets.keys().cloned().collect();
+            (entry.alert.clone(), entry.target_rids.clone(), subs)
         };
         if alert.status != AlertStatus::Active {
             return Err(ApiError::conflict(format!(
@@ -763,7 +763,6 @@ impl Alerts {
             entry.counts.targeted
         };
         self.fan_out(update_seq, &old_rids, &update_frame, true);
-        let old_subs = self.target_subs(id);
         self.publish_remote(update_seq, old_subs, true, update_frame);
         let mut delivered_live = 0;
         if let Some(frame) = new_frame {
@@ -1263,7 +1262,6 @@ impl Alerts {
                     Scope::Targets => e.seq >= from,
                     Scope::NewTargets => e.seq == from,
                     Scope::One(sub) => **sub == *who.sub,
-                    Scope::StaffOnly => false,
                 }
             })
             .take(limit)

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::domain::AlertId;
 use crate::hub::Frame;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,18 +36,12 @@ pub enum BusMessage {
         to_staff: bool,
         frame: Frame,
     },
-    /// A frame for the watchers of an alert (acks, summaries, coverage).
-    Watchers {
-        origin: NodeId,
-        alert: AlertId,
-        frame: Frame,
-    },
 }
 
 impl BusMessage {
     pub fn origin(&self) -> NodeId {
         match self {
-            BusMessage::Deliver { origin, .. } | BusMessage::Watchers { origin, .. } => *origin,
+            BusMessage::Deliver { origin, .. } => *origin,
         }
     }
 }
@@ -93,9 +86,11 @@ mod tests {
     async fn peers_receive_what_is_published() {
         let bus = LocalBus::new(8);
         let mut rx = bus.subscribe();
-        bus.publish(BusMessage::Watchers {
+        bus.publish(BusMessage::Deliver {
             origin: NodeId(1),
-            alert: AlertId::parse("al_1").expect("id"),
+            seq: 7,
+            recipients: vec![Arc::<str>::from("r1")].into(),
+            to_staff: false,
             frame: Frame::from_static(b"{}"),
         })
         .expect("publish");

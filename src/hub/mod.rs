@@ -84,6 +84,18 @@ pub struct Delivery {
     pub slow: usize,
 }
 
+impl Delivery {
+    /// Counts one offer; true when the frame was queued.
+    fn tally(&mut self, offer: Offer) -> bool {
+        match offer {
+            Offer::Queued => self.frames += 1,
+            Offer::Full => self.slow += 1,
+            Offer::Closed => {}
+        }
+        offer == Offer::Queued
+    }
+}
+
 /// A targeted responder as the alert record keeps it.
 #[derive(Debug, Clone)]
 pub struct TargetInfo {
@@ -228,6 +240,18 @@ impl Hub {
             .is_some_and(|rid| !st.sessions_of(rid).is_empty())
     }
 
+    /// Those of `subs` with no live session (under one lock, for Web Push).
+    pub fn offline(&self, subs: impl IntoIterator<Item = Arc<str>>) -> Vec<Arc<str>> {
+        let st = self.state.read();
+        subs.into_iter()
+            .filter(|s| {
+                st.presence
+                    .id_of(s)
+                    .is_none_or(|rid| st.sessions_of(rid).is_empty())
+            })
+            .collect()
+    }
+
     /// Recipient selection: responders of `units` seen since `fresh_after_ms`
     /// in any of `cells`, with whether each has a live session.
     pub fn select(
@@ -266,24 +290,13 @@ impl Hub {
         for rid in recipients {
             let mut reached = false;
             for (_, outbox) in st.sessions_of(*rid) {
-                match outbox.offer(item.clone()) {
-                    Offer::Queued => {
-                        reached = true;
-                        d.frames += 1;
-                    }
-                    Offer::Full => d.slow += 1,
-                    Offer::Closed => {}
-                }
+                reached |= d.tally(outbox.offer(item.clone()));
             }
             d.responders_live += usize::from(reached);
         }
         if to_staff {
             for outbox in st.staff.values() {
-                match outbox.offer(item.clone()) {
-                    Offer::Queued => d.frames += 1,
-                    Offer::Full => d.slow += 1,
-                    Offer::Closed => {}
-                }
+                d.tally(outbox.offer(item.clone()));
             }
         }
         d
@@ -295,11 +308,7 @@ impl Hub {
         let mut d = Delivery::default();
         for sid in sessions {
             if let Some(entry) = st.sessions.get(sid) {
-                match entry.outbox.offer(item.clone()) {
-                    Offer::Queued => d.frames += 1,
-                    Offer::Full => d.slow += 1,
-                    Offer::Closed => {}
-                }
+                d.tally(entry.outbox.offer(item.clone()));
             }
         }
         d

@@ -40,8 +40,6 @@ pub enum Scope {
     NewTargets,
     /// One responder (e.g. a cell assignment).
     One(Arc<str>),
-    /// Police and coordinators only.
-    StaffOnly,
 }
 
 /// One sequenced event, stored as the exact frame that was sent.

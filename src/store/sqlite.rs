@@ -145,7 +145,6 @@ fn scope_parts(scope: &Scope) -> (&'static str, Option<&str>) {
         Scope::Targets => ("targets", None),
         Scope::NewTargets => ("new", None),
         Scope::One(sub) => ("one", Some(sub)),
-        Scope::StaffOnly => ("staff", None),
     }
 }
 
@@ -397,7 +396,6 @@ impl Store for SqliteStore {
                         ("targets", _) => Scope::Targets,
                         ("new", _) => Scope::NewTargets,
                         ("one", Some(sub)) => Scope::One(sub.into()),
-                        ("staff", _) => Scope::StaffOnly,
                         (other, _) => {
                             return Err(StoreError::Corrupt(format!("event scope '{other}'")));
                         }
