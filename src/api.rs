@@ -2,6 +2,7 @@
 //! service. The one place that maps [`ApiError`] to a status and the JSON
 //! error body; role checks on every route.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
@@ -113,6 +114,20 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/ws", get(crate::ws::upgrade))
 }
 
+/// Runs police work on the control plane, so a fan-out in progress does
+/// not queue ahead of it (see [`crate::control`]).
+async fn on_control<T: Send + 'static>(
+    app: &AppState,
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    app.control.run(work).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the hub is shutting down; try again",
+        ))
+    })
+}
+
 async fn me(Caller(who): Caller) -> Json<Principal> {
     Json(who)
 }
@@ -124,7 +139,8 @@ async fn issue(
 ) -> Result<Response, ApiError> {
     require(&who, &[Role::Police], "issue alerts")?;
     let draft = req.validate(app.alerts.limits())?;
-    let outcome = app.alerts.issue(&who, draft).await?;
+    let alerts = app.alerts.clone();
+    let outcome = on_control(&app, async move { alerts.issue(&who, draft).await }).await?;
     Ok((StatusCode::CREATED, Json(outcome)).into_response())
 }
 
@@ -174,7 +190,9 @@ async fn update(
     Body(req): Body<UpdateRequest>,
 ) -> Result<Response, ApiError> {
     require(&who, &[Role::Police], "update alerts")?;
-    Ok(Json(app.alerts.update(&who, &alert_id(&id)?, req).await?).into_response())
+    let (id, alerts) = (alert_id(&id)?, app.alerts.clone());
+    let updated = on_control(&app, async move { alerts.update(&who, &id, req).await }).await?;
+    Ok(Json(updated).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -193,15 +211,12 @@ async fn cancel(
     Body(req): Body<CloseRequest>,
 ) -> Result<Response, ApiError> {
     require(&who, &[Role::Police], "cancel alerts")?;
-    let alert = app
-        .alerts
-        .close(
-            &who,
-            &alert_id(&id)?,
-            AlertStatus::Cancelled,
-            req.reason.or(req.outcome),
-        )
-        .await?;
+    let (id, alerts) = (alert_id(&id)?, app.alerts.clone());
+    let why = req.reason.or(req.outcome);
+    let alert = on_control(&app, async move {
+        alerts.close(&who, &id, AlertStatus::Cancelled, why).await
+    })
+    .await?;
     Ok(Json(json!({"alert": alert})).into_response())
 }
 
@@ -212,15 +227,12 @@ async fn resolve(
     Body(req): Body<CloseRequest>,
 ) -> Result<Response, ApiError> {
     require(&who, &[Role::Police], "resolve alerts")?;
-    let alert = app
-        .alerts
-        .close(
-            &who,
-            &alert_id(&id)?,
-            AlertStatus::Resolved,
-            req.outcome.or(req.reason),
-        )
-        .await?;
+    let (id, alerts) = (alert_id(&id)?, app.alerts.clone());
+    let why = req.outcome.or(req.reason);
+    let alert = on_control(&app, async move {
+        alerts.close(&who, &id, AlertStatus::Resolved, why).await
+    })
+    .await?;
     Ok(Json(json!({"alert": alert})).into_response())
 }
 

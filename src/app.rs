@@ -18,6 +18,7 @@ use crate::alerts::{AlertLimits, Alerts};
 use crate::auth::{AuthError, Authority};
 use crate::bus::{Bus, BusMessage, LocalBus, NodeId};
 use crate::config::{ConfigError, Settings};
+use crate::control::{ControlError, ControlPlane};
 use crate::hub::{Hub, Outgoing};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -38,6 +39,8 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Push(#[from] crate::push::PushError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// Shared by every handler; cheap to clone.
@@ -50,6 +53,8 @@ pub struct AppState {
     pub connections: Arc<AtomicUsize>,
     pub shutdown: watch::Receiver<bool>,
     pub push: crate::push::PushService,
+    /// Where issue, update and close run (see [`crate::control`]).
+    pub control: Arc<ControlPlane>,
 }
 
 /// A running hub: its address and the handle to stop it.
@@ -80,6 +85,8 @@ impl Running {
             let _ = task.await;
         }
         self.state.push.shutdown(Duration::from_secs(1)).await;
+        let control = self.state.control.clone();
+        let _ = tokio::task::spawn_blocking(move || control.stop()).await;
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
     }
@@ -148,6 +155,7 @@ pub async fn start(settings: Settings, listener: TcpListener) -> Result<Running,
         connections: Arc::new(AtomicUsize::new(0)),
         shutdown: shutdown_rx.clone(),
         push: push.clone(),
+        control: Arc::new(ControlPlane::start()?),
     };
 
     let router = crate::api::router(state.clone())

@@ -35,6 +35,7 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod domain;
 pub mod geo;
