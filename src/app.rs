@@ -146,6 +146,10 @@ pub async fn start(settings: Settings, listener: TcpListener) -> Result<Running,
     alerts.set_push(push.clone());
     tracing::info!(restored, seq = alerts.last_seq(), "record loaded");
 
+    alerts.set_delivery_runtime(
+        tokio::runtime::Handle::current(),
+        settings.server.control_busy_queue,
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = AppState {
         settings: settings.clone(),

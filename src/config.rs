@@ -73,6 +73,10 @@ pub struct ServerSettings {
     pub metrics_public: bool,
     pub max_body_bytes: usize,
     pub shutdown_grace_s: u64,
+    /// Tasks queued on the shared runtime above which the control thread
+    /// offers a fan-out itself instead of handing it to a runtime worker
+    /// (see `crate::control`); 0 = never hand it over.
+    pub control_busy_queue: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +144,7 @@ impl Default for ServerSettings {
             metrics_public: true,
             max_body_bytes: 64 * 1024,
             shutdown_grace_s: 5,
+            control_busy_queue: 1024,
         }
     }
 }

@@ -130,7 +130,19 @@ async fn ack_flow_is_streamed_to_watchers() {
 
 #[tokio::test]
 async fn widening_reaches_only_the_newly_covered() {
-    let app = TestApp::spawn().await;
+    widen_then_cancel(TestApp::spawn().await).await;
+}
+
+/// Police work runs on the control thread; its fan-outs are handed to a
+/// runtime worker or, with `control_busy_queue = 0` (what a saturated
+/// runtime gets), offered from the control thread itself. Both reach the
+/// same people in `seq` order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_outs_offered_from_the_control_thread_reach_the_same_people_in_order() {
+    widen_then_cancel(TestApp::spawn_with(|s| s.server.control_busy_queue = 0).await).await;
+}
+
+async fn widen_then_cancel(app: TestApp) {
     let mut near = app
         .responder_at("v-near", Unit::Volunteer, offset(400.0, 0.0))
         .await;
@@ -141,7 +153,7 @@ async fn widening_reaches_only_the_newly_covered() {
     let out = app.issue(JIAXING, 800.0, &["volunteer"]).await;
     let id = out["alert"]["id"].as_str().expect("id").to_string();
     assert_eq!(out["targeted"], 1);
-    near.recv_type("alert").await;
+    let first_seq = near.recv_type("alert").await["seq"].as_u64();
     police.recv_type("alert").await;
 
     let (status, upd) = app
@@ -163,6 +175,7 @@ async fn widening_reaches_only_the_newly_covered() {
     let u = near.recv().await;
     assert_eq!(u["type"], "alert_update", "{u}");
     assert_eq!(u["alert"]["version"], 2);
+    assert!(u["seq"].as_u64() > first_seq, "{u}");
     let p = police.recv().await;
     assert_eq!(p["type"], "alert_update");
     assert!(

@@ -339,6 +339,9 @@ struct Inner {
     metrics: AlertMetrics,
     push: std::sync::OnceLock<crate::push::PushService>,
     search: SearchConfig,
+    /// The runtime whose workers wake sessions most cheaply, and the queue
+    /// depth above which it is too busy to hand a fan-out to.
+    delivery: std::sync::OnceLock<(tokio::runtime::Handle, usize)>,
 }
 
 /// How search grids are built: the `[grid]` settings and the ring table.
@@ -369,6 +372,7 @@ impl Alerts {
                 metrics: AlertMetrics::default(),
                 push: std::sync::OnceLock::new(),
                 search,
+                delivery: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -422,6 +426,15 @@ impl Alerts {
             return 0;
         }
         push.notify(&offline, push.notification_for(alert))
+    }
+
+    /// Fan-outs started on the control thread are handed to `runtime`'s
+    /// workers while fewer than `busy_queue` tasks wait in its shared queue
+    /// (see [`crate::control::on_control_thread`]); past that the workers
+    /// are saturated anyway and a handoff would wait a pass over the queue,
+    /// so the control thread offers the frames itself.
+    pub fn set_delivery_runtime(&self, runtime: tokio::runtime::Handle, busy_queue: usize) {
+        let _ = self.inner.delivery.set((runtime, busy_queue));
     }
 
     pub fn metrics(&self) -> &AlertMetrics {
@@ -591,7 +604,7 @@ impl Alerts {
         }
         let rids: Vec<ResponderId> = targets.iter().map(|t| t.rid).collect();
         inner.alerts.lock().insert(alert.id.clone(), entry);
-        let delivery = self.fan_out(seq, &rids, &frame, true);
+        let delivery = self.fan_out_handoff(seq, rids, &frame, true).await;
         inner.metrics.alerts_issued.fetch_add(1, Ordering::Relaxed);
         self.publish_remote(
             seq,
@@ -625,6 +638,49 @@ impl Alerts {
         let d = inner
             .hub
             .deliver(rids, &Outgoing::new(seq, frame.clone()), to_staff);
+        inner.metrics.events.fetch_add(1, Ordering::Relaxed);
+        inner
+            .metrics
+            .frames_fanned_out
+            .fetch_add(d.frames as u64, Ordering::Relaxed);
+        d
+    }
+
+    /// [`Self::fan_out`] for the big fan-outs of police actions: from the
+    /// control thread, handed to a runtime worker when one is free enough.
+    /// Called under the sequencer, so order is kept either way.
+    async fn fan_out_handoff(
+        &self,
+        seq: u64,
+        rids: Vec<ResponderId>,
+        frame: &Frame,
+        to_staff: bool,
+    ) -> Delivery {
+        let inner = &self.inner;
+        let runtime = inner
+            .delivery
+            .get()
+            .filter(|(rt, busy)| {
+                crate::control::on_control_thread() && rt.metrics().global_queue_depth() < *busy
+            })
+            .map(|(rt, _)| rt.clone());
+        let Some(runtime) = runtime else {
+            return self.fan_out(seq, &rids, frame, to_staff);
+        };
+        let rids = Arc::new(rids);
+        let (hub, out, them) = (
+            inner.hub.clone(),
+            Outgoing::new(seq, frame.clone()),
+            rids.clone(),
+        );
+        inner.last_seq.store(seq, Ordering::Release);
+        let handed = runtime
+            .spawn(async move { hub.deliver(&them, &out, to_staff) })
+            .await;
+        let Ok(d) = handed else {
+            // The runtime is shutting down: offer the frames from here.
+            return self.fan_out(seq, &rids, frame, to_staff);
+        };
         inner.metrics.events.fetch_add(1, Ordering::Relaxed);
         inner
             .metrics
@@ -762,12 +818,16 @@ impl Alerts {
             }
             entry.counts.targeted
         };
-        self.fan_out(update_seq, &old_rids, &update_frame, true);
+        self.fan_out_handoff(update_seq, old_rids, &update_frame, true)
+            .await;
         self.publish_remote(update_seq, old_subs, true, update_frame);
         let mut delivered_live = 0;
         if let Some(frame) = new_frame {
             let rids: Vec<ResponderId> = new_targets.iter().map(|t| t.rid).collect();
-            delivered_live = self.fan_out(new_seq, &rids, &frame, false).responders_live;
+            delivered_live = self
+                .fan_out_handoff(new_seq, rids, &frame, false)
+                .await
+                .responders_live;
             self.publish_remote(
                 new_seq,
                 new_targets.iter().map(|t| t.sub.clone()).collect(),
@@ -869,7 +929,7 @@ impl Alerts {
         if let Some(entry) = inner.alerts.lock().get_mut(id) {
             entry.alert = alert.clone();
         }
-        self.fan_out(seq, &rids, &frame, true);
+        self.fan_out_handoff(seq, rids, &frame, true).await;
         let subs = self.target_subs(id);
         if status != AlertStatus::Expired {
             self.push_offline(&alert, subs.iter().cloned());
