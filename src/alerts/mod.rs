@@ -592,7 +592,9 @@ impl Alerts {
                 frame: frame.clone(),
             }),
         ];
-        inner.store.commit(writes).await.map_err(store_err)?;
+        // The commit is handed to the writer now; the alert's memory entry
+        // is built while the disk syncs, and published only once it has.
+        let committed = inner.store.commit(writes);
         let mut entry = AlertEntry::new(alert.clone());
         entry.targets.reserve(targets.len());
         entry.reached.reserve(targets.len());
@@ -603,6 +605,7 @@ impl Alerts {
             }
         }
         let rids: Vec<ResponderId> = targets.iter().map(|t| t.rid).collect();
+        committed.await.map_err(store_err)?;
         inner.alerts.lock().insert(alert.id.clone(), entry);
         let delivery = self.fan_out_handoff(seq, rids, &frame, true).await;
         inner.metrics.alerts_issued.fetch_add(1, Ordering::Relaxed);

@@ -127,6 +127,8 @@ pub struct StoredEvent {
 
 pub trait Store: Send + Sync + 'static {
     /// Applies all writes atomically; resolves after they are durable.
+    /// Implementations should hand the writes over on the call itself, so
+    /// a caller can do other work while the disk syncs.
     fn commit(&self, writes: Vec<Write>) -> StoreFuture<()>;
     fn load(&self) -> StoreFuture<Snapshot>;
     /// Events after `since` that pass `filter`, in `seq` order.
