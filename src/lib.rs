@@ -27,6 +27,7 @@
 //! - [`auth`]: JWT verification, minting and role checks.
 //! - [`protocol`]: wire messages, error codes, frame encoders.
 //! - [`ws`], [`api`]: the transports. [`app`]: wiring and shutdown.
+//! - [`control`]: the thread police actions run on, apart from the sessions.
 //! - [`config`]: typed, layered settings.
 
 pub mod alerts;
