@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::alerts::{IssueRequest, UpdateRequest};
 use crate::app::AppState;
 use crate::auth::require;
+use crate::control::ControlError;
 use crate::domain::{AlertId, AlertStatus, Principal, Role};
 use crate::protocol::{ApiError, ErrorCode};
 
@@ -120,12 +121,14 @@ async fn on_control<T: Send + 'static>(
     app: &AppState,
     work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    app.control.run(work).await.unwrap_or_else(|_| {
-        Err(ApiError::new(
+    match app.control.run(work).await {
+        Ok(done) => done,
+        Err(ControlError::Panicked) => Err(ApiError::internal()),
+        Err(_) => Err(ApiError::new(
             ErrorCode::Unavailable,
             "the hub is shutting down; try again",
-        ))
-    })
+        )),
+    }
 }
 
 async fn me(Caller(who): Caller) -> Json<Principal> {

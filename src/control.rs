@@ -38,6 +38,8 @@ pub enum ControlError {
     Start(#[from] std::io::Error),
     #[error("the control plane has stopped")]
     Stopped,
+    #[error("control work panicked")]
+    Panicked,
 }
 
 /// Handle to the control thread; stopping (or dropping) it ends the thread
@@ -80,10 +82,13 @@ impl ControlPlane {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        self.handle
-            .spawn(work)
-            .await
-            .map_err(|_| ControlError::Stopped)
+        self.handle.spawn(work).await.map_err(|e| {
+            if e.is_panic() {
+                ControlError::Panicked
+            } else {
+                ControlError::Stopped
+            }
+        })
     }
 
     /// Ends the control thread; work still in flight is cancelled. Blocks
@@ -146,5 +151,22 @@ mod tests {
             .expect("stop");
         let refused = control.run(async { 1 }).await;
         assert!(matches!(refused, Err(ControlError::Stopped)));
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_control_work_is_reported_and_the_thread_goes_on() {
+        let control = ControlPlane::start().expect("start");
+        let failed = control
+            .run(async {
+                if std::hint::black_box(true) {
+                    panic!("control work failed on purpose");
+                }
+            })
+            .await;
+        assert!(matches!(failed, Err(ControlError::Panicked)));
+        assert_eq!(control.run(async { 7 }).await.expect("still runs"), 7);
+        tokio::task::spawn_blocking(move || control.stop())
+            .await
+            .expect("stop");
     }
 }

@@ -641,9 +641,13 @@ impl Alerts {
         let d = inner
             .hub
             .deliver(rids, &Outgoing::new(seq, frame.clone()), to_staff);
-        inner.metrics.events.fetch_add(1, Ordering::Relaxed);
-        inner
-            .metrics
+        self.count_fan_out(d)
+    }
+
+    fn count_fan_out(&self, d: Delivery) -> Delivery {
+        let metrics = &self.inner.metrics;
+        metrics.events.fetch_add(1, Ordering::Relaxed);
+        metrics
             .frames_fanned_out
             .fetch_add(d.frames as u64, Ordering::Relaxed);
         d
@@ -680,16 +684,15 @@ impl Alerts {
         let handed = runtime
             .spawn(async move { hub.deliver(&them, &out, to_staff) })
             .await;
-        let Ok(d) = handed else {
+        match handed {
+            Ok(d) => self.count_fan_out(d),
             // The runtime is shutting down: offer the frames from here.
-            return self.fan_out(seq, &rids, frame, to_staff);
-        };
-        inner.metrics.events.fetch_add(1, Ordering::Relaxed);
-        inner
-            .metrics
-            .frames_fanned_out
-            .fetch_add(d.frames as u64, Ordering::Relaxed);
-        d
+            Err(e) if e.is_cancelled() => self.fan_out(seq, &rids, frame, to_staff),
+            Err(e) => {
+                tracing::error!(seq, error = %e, "fan-out task failed");
+                Delivery::default()
+            }
+        }
     }
 
     fn publish_remote(&self, seq: u64, recipients: Vec<Arc<str>>, to_staff: bool, frame: Frame) {
