@@ -15,10 +15,9 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
 use woodpecker::domain::{AckState, AlertId, AlertStatus, LatLng, Principal, Role, Unit, UnitSet};
 use woodpecker::geo;
-use woodpecker::hub::{Hub, Offer, Outbox, Outgoing, PresenceIndex, ResponderId};
+use woodpecker::hub::{Hub, Outgoing, PresenceIndex, ResponderId, SessionQueue};
 use woodpecker::protocol::{AckRecord, Alert, AlertEventKind, alert_frame};
 use woodpecker::store::sqlite::SqliteStore;
 use woodpecker::store::{Store, Write};
@@ -122,19 +121,6 @@ fn selection(c: &mut Criterion) {
     }
 }
 
-/// The transport's outbox: a bounded tokio channel (as in `ws`).
-struct ChannelOutbox(mpsc::Sender<Outgoing>);
-
-impl Outbox for ChannelOutbox {
-    fn offer(&self, item: Outgoing) -> Offer {
-        match self.0.try_send(item) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
-        }
-    }
-}
-
 fn sample_alert() -> Alert {
     Alert {
         id: AlertId::parse("al_0123456789abcdef").expect("id"),
@@ -172,20 +158,22 @@ fn enqueue(c: &mut Criterion) {
         let mut receivers = Vec::with_capacity(n);
         let mut rids = Vec::with_capacity(n);
         for i in 0..n {
-            let (tx, rx) = mpsc::channel(8);
+            let queue = Arc::new(SessionQueue::new(8));
             let p = Principal {
                 sub: format!("r{i}").into(),
                 role: Role::Responder,
                 unit: Some(Unit::Volunteer),
                 name: String::new(),
             };
-            hub.register(&p, Arc::new(ChannelOutbox(tx)));
+            hub.register(&p, queue.clone());
             rids.push(hub.set_place(&p.sub, Unit::Volunteer, cell, 1));
-            receivers.push(rx);
+            receivers.push(queue);
         }
-        let drain = |receivers: &mut Vec<mpsc::Receiver<Outgoing>>| {
-            for rx in receivers.iter_mut() {
-                while rx.try_recv().is_ok() {}
+        let mut taken = Vec::new();
+        let mut drain = |receivers: &mut Vec<Arc<SessionQueue>>| {
+            for q in receivers.iter() {
+                q.take_batch(usize::MAX, &mut taken);
+                taken.clear();
             }
         };
         let mut group = c.benchmark_group(format!("enqueue/{n}_sessions"));

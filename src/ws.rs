@@ -13,12 +13,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, timeout};
 
 use crate::app::AppState;
 use crate::domain::{Principal, Role};
-use crate::hub::{Frame, Offer, Outbox, Outgoing, SessionId};
+use crate::hub::{Frame, Outgoing, Ready, SessionId, SessionQueue};
 use crate::protocol::{
     ApiError, ClientMessage, ErrorCode, error_frame, ok_frame, pong_frame, welcome_frame,
 };
@@ -29,25 +28,6 @@ pub const SUBPROTOCOL: &str = "woodpecker.v1";
 pub const REPLAY_LIMIT: usize = 10_000;
 /// Frames written per flush when the outbox has a backlog.
 const WRITE_BATCH: usize = 64;
-
-/// The session's outbox: a bounded queue plus a bell rung when it overflows.
-struct WsOutbox {
-    tx: mpsc::Sender<Outgoing>,
-    overflow: Notify,
-}
-
-impl Outbox for WsOutbox {
-    fn offer(&self, item: Outgoing) -> Offer {
-        match self.tx.try_send(item) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.notify_one();
-                Offer::Full
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
-        }
-    }
-}
 
 /// Counts live connections; dropping it releases the slot.
 struct ConnectionSlot(AppState);
@@ -254,7 +234,7 @@ const RATE_LIMIT_DISCONNECT: u32 = 100;
 
 enum Event {
     Client(Option<Result<Message, axum::Error>>),
-    Out(Option<Outgoing>),
+    Out,
     Overflow,
     Heartbeat,
     Shutdown,
@@ -266,11 +246,7 @@ async fn run(mut socket: WebSocket, app: AppState) {
         Err(e) => return fail(&mut socket, e).await,
     };
     let cfg = app.settings.ws.clone();
-    let (tx, mut rx) = mpsc::channel(cfg.outbox_capacity);
-    let outbox = Arc::new(WsOutbox {
-        tx,
-        overflow: Notify::new(),
-    });
+    let outbox = Arc::new(SessionQueue::new(cfg.outbox_capacity));
     let sid = app.hub.register(&principal, outbox.clone());
     let _registration = Registration {
         app: app.clone(),
@@ -325,21 +301,21 @@ async fn run(mut socket: WebSocket, app: AppState) {
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     let mut last_heard = Instant::now();
     let mut limiter = RateLimit::new(cfg.rate_per_s, cfg.rate_burst);
-    // The shutdown and overflow waits are created once and stay registered:
-    // re-creating them on every pass would lock their waiter lists twice
-    // per frame sent.
+    // The shutdown wait is created once and stays registered: re-creating
+    // it on every pass would lock its waiter list twice per frame sent.
     let mut shutdown = app.shutdown.clone();
     let stopping = shutdown.wait_for(|stop| *stop);
     tokio::pin!(stopping);
-    let overflow = outbox.overflow.notified();
-    tokio::pin!(overflow);
+    let mut batch: Vec<Outgoing> = Vec::new();
 
     loop {
         let event = tokio::select! {
             biased;
             _ = &mut stopping => Event::Shutdown,
-            _ = &mut overflow => Event::Overflow,
-            item = rx.recv() => Event::Out(item),
+            ready = outbox.ready() => match ready {
+                Ready::Overflow => Event::Overflow,
+                Ready::Frames => Event::Out,
+            },
             msg = socket.recv() => Event::Client(msg),
             _ = ticker.tick() => Event::Heartbeat,
         };
@@ -358,21 +334,15 @@ async fn run(mut socket: WebSocket, app: AppState) {
                     ApiError::new(ErrorCode::Slow, "client too slow; reconnect with since_seq");
                 return fail(&mut socket, err).await;
             }
-            Event::Out(None) => return,
-            Event::Out(Some(first)) => {
-                let mut item = Some(first);
-                let mut fed = 0;
-                while let Some(it) = item.take() {
+            Event::Out => {
+                outbox.take_batch(WRITE_BATCH, &mut batch);
+                for it in batch.drain(..) {
                     if it.seq() == 0 || it.seq() > replayed_upto {
                         match timeout(write_timeout, socket.feed(text(it.frame()))).await {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => return,
                             Err(_) => return stalled(&app, sid),
                         }
-                        fed += 1;
-                    }
-                    if fed < WRITE_BATCH {
-                        item = rx.try_recv().ok();
                     }
                 }
                 match timeout(write_timeout, socket.flush()).await {

@@ -10,6 +10,7 @@
 //! write side, each for well under a millisecond.
 
 pub mod presence;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use parking_lot::RwLock;
 
 use crate::domain::{Principal, Unit, UnitSet};
 pub use presence::{PresenceIndex, ResponderId};
+pub use queue::{Ready, SessionQueue};
 
 /// One server → client text frame: UTF-8 JSON, encoded once, shared.
 pub type Frame = Bytes;
