@@ -1,7 +1,8 @@
 //! Benches of the fan-out path, each beside its naive baseline so the
 //! ratio is printed in the same run:
 //!
-//! - recipient selection (H3 cover + cell buckets) vs a scan of everyone;
+//! - recipient selection (occupied parent cells with their reach; the
+//!   previous H3 cover + cell buckets) vs a scan of everyone;
 //! - one alert encoded once and enqueued to N sessions vs one encoding per
 //!   recipient;
 //! - durable ack ingestion with grouped commits vs one commit per ack.
@@ -103,7 +104,24 @@ fn selection(c: &mut Criterion) {
                 naive.select(centre, radius, units, 0).len(),
                 "same recipients"
             );
+            let mut by_parents = Vec::new();
+            idx.select_circle(centre, radius, units, 0, &mut by_parents);
+            assert_eq!(by_parents.len(), out.len(), "same recipients");
             group.throughput(Throughput::Elements(out.len().max(1) as u64));
+            // What the hub does: occupied parent cells near the circle.
+            group.bench_with_input(
+                BenchmarkId::new("parent_buckets", radius),
+                &radius,
+                |b, &r| {
+                    let mut out = Vec::new();
+                    b.iter(|| {
+                        out.clear();
+                        idx.select_circle(centre, r, units, 0, &mut out);
+                        black_box(out.len())
+                    })
+                },
+            );
+            // The previous design: the circle's H3 cover, then cell buckets.
             group.bench_with_input(BenchmarkId::new("h3_buckets", radius), &radius, |b, &r| {
                 let mut out = Vec::new();
                 b.iter(|| {

@@ -508,10 +508,12 @@ impl Alerts {
             self.inner.limits.presence_resolution,
         )
         .map_err(|e| bad(e.to_string()))?;
-        let targets = self
-            .inner
-            .hub
-            .select(&cells, draft.audience, self.fresh_after(now_ms()));
+        let targets = self.inner.hub.select_circle(
+            draft.center,
+            draft.radius_m,
+            draft.audience,
+            self.fresh_after(now_ms()),
+        );
         let mut by_unit: HashMap<&'static str, usize> = draft
             .audience
             .units()
@@ -532,18 +534,15 @@ impl Alerts {
     /// Issues an alert: select, commit, fan out. Resolves after the commit.
     pub async fn issue(&self, by: &Principal, draft: AlertDraft) -> Result<IssueOutcome, ApiError> {
         let inner = &self.inner;
-        let cells = geo::cover(
-            draft.center,
-            draft.radius_m,
-            inner.limits.presence_resolution,
-        )
-        .map_err(|e| bad(e.to_string()))?;
         let now = now_ms();
         let _turn = inner.sequencer.lock().await;
         let seq = self.last_seq() + 1;
-        let targets = inner
-            .hub
-            .select(&cells, draft.audience, self.fresh_after(now));
+        let targets = inner.hub.select_circle(
+            draft.center,
+            draft.radius_m,
+            draft.audience,
+            self.fresh_after(now),
+        );
         let alert = Alert {
             id: AlertId::generate(),
             kind: draft.kind,
@@ -762,11 +761,12 @@ impl Alerts {
         tracing::info!(alert = %id, by = %by.sub, version = alert.version, "alert updated");
 
         // Newly covered responders (only if the radius grew).
-        let cells = geo::cover(alert.center, alert.radius_m, limits.presence_resolution)
-            .map_err(|e| bad(e.to_string()))?;
         let units: UnitSet = alert.audience.iter().copied().collect();
         let new_targets: Vec<_> = {
-            let candidates = inner.hub.select(&cells, units, self.fresh_after(now));
+            let candidates =
+                inner
+                    .hub
+                    .select_circle(alert.center, alert.radius_m, units, self.fresh_after(now));
             let alerts = inner.alerts.lock();
             let entry = alerts.get(id).ok_or_else(|| not_found(id))?;
             candidates

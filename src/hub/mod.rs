@@ -20,7 +20,7 @@ use bytes::Bytes;
 use h3o::CellIndex;
 use parking_lot::RwLock;
 
-use crate::domain::{Principal, Unit, UnitSet};
+use crate::domain::{LatLng, Principal, Unit, UnitSet};
 pub use presence::{PresenceIndex, ResponderId};
 pub use queue::{Ready, SessionQueue};
 
@@ -254,18 +254,25 @@ impl Hub {
             .collect()
     }
 
-    /// Recipient selection: responders of `units` seen since `fresh_after_ms`
-    /// in any of `cells`, with whether each has a live session.
-    pub fn select(
+    /// Responders of `units` seen at or after `fresh_after_ms` whose cell
+    /// centre lies within `radius_m` of `centre` (the cells
+    /// [`crate::geo::cover`] would list), each with whether it has a live
+    /// session; found through the presence index's parent cells.
+    pub fn select_circle(
         &self,
-        cells: &[CellIndex],
+        centre: LatLng,
+        radius_m: f64,
         units: UnitSet,
         fresh_after_ms: u64,
     ) -> Vec<TargetInfo> {
         let st = self.state.read();
         let mut rids = Vec::new();
         st.presence
-            .select_into(cells, units, fresh_after_ms, &mut rids);
+            .select_circle(centre, radius_m, units, fresh_after_ms, &mut rids);
+        Self::targets(&st, rids)
+    }
+
+    fn targets(st: &HubState, rids: Vec<ResponderId>) -> Vec<TargetInfo> {
         rids.into_iter()
             .filter_map(|rid| {
                 let entry = st.presence.get(rid)?;
@@ -402,7 +409,7 @@ mod tests {
             police.clone(),
         );
         hub.set_place(&p.sub, Unit::Volunteer, cell, 10);
-        let targets = hub.select(&[cell], UnitSet::all(), 0);
+        let targets = hub.select_circle(geo::center(cell), 1.0, UnitSet::all(), 0);
         assert_eq!(targets.len(), 1);
         assert!(targets[0].live);
         let item = Outgoing::new(1, Bytes::from_static(b"{}"));

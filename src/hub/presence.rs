@@ -1,9 +1,14 @@
 //! The presence index: responder → current H3 cell, and cell → responders.
 //!
-//! Plain data, no locks and no I/O. Recipient selection walks only the
-//! buckets of the covered cells, so it costs time in proportion to the cells
-//! and the responders in them, never to everyone registered. Only the cell is
-//! kept, never raw coordinates.
+//! Plain data, no locks and no I/O. Only the cell is kept, never raw
+//! coordinates. Recipient selection ([`PresenceIndex::select_circle`]) walks
+//! occupied *parent* cells (two resolutions coarser, 49 cells each) and, per
+//! parent, knows how far its occupied cells' centres reach from its own: a
+//! parent wholly inside the circle gives all its people without a distance
+//! test, one wholly outside is skipped, only those on the rim test their
+//! cells. The result is exactly the responders whose cell centre lies within
+//! the radius (what [`geo::cover`] decides), at a cost that follows the
+//! occupied parents near the circle and the recipients, never everyone.
 
 use std::sync::Arc;
 
@@ -43,13 +48,40 @@ struct Slot {
     seen_at_ms: u64,
 }
 
+/// The responders in one cell, and the cell's centre (computed once).
+#[derive(Debug)]
+struct Bucket {
+    slots: Vec<Slot>,
+    centre: LatLng,
+}
+
+/// An occupied parent cell: its occupied children and how far their centres
+/// reach from its centre (never shrinks, so it stays an upper bound).
+#[derive(Debug)]
+struct Parent {
+    centre: LatLng,
+    reach_m: f64,
+    children: Vec<CellIndex>,
+}
+
+/// Slack for float error in the triangle-inequality shortcuts: a parent is
+/// only taken whole or skipped whole when it is clear by this much.
+const REACH_SLACK_M: f64 = 0.01;
+/// A distance test on a parent costs about this many times less than one
+/// cell of an H3 cover (a centre computation), which decides between
+/// scanning every occupied parent and covering the circle at parent level.
+const COVER_CELL_COST: usize = 8;
+
 #[derive(Debug, Default)]
 pub struct PresenceIndex {
     ids: FxHashMap<Arc<str>, ResponderId>,
     responders: Vec<ResponderEntry>,
     /// Fx hashing: keys are H3 indexes and ids from signed tokens, not
-    /// attacker-chosen, and this map is on the selection path.
-    cells: FxHashMap<CellIndex, Vec<Slot>>,
+    /// attacker-chosen, and these maps are on the selection path.
+    cells: FxHashMap<CellIndex, Bucket>,
+    parents: FxHashMap<CellIndex, Parent>,
+    /// The largest `reach_m` of any parent (bounds the parent-level cover).
+    max_reach_m: f64,
 }
 
 impl PresenceIndex {
@@ -102,7 +134,7 @@ impl PresenceIndex {
             && let Some(slot) = self
                 .cells
                 .get_mut(&place.cell)
-                .and_then(|b| b.get_mut(place.pos as usize))
+                .and_then(|b| b.slots.get_mut(place.pos as usize))
         {
             slot.unit = unit;
         }
@@ -124,7 +156,7 @@ impl PresenceIndex {
                 if let Some(slot) = self
                     .cells
                     .get_mut(&cell)
-                    .and_then(|b| b.get_mut(place.pos as usize))
+                    .and_then(|b| b.slots.get_mut(place.pos as usize))
                 {
                     slot.seen_at_ms = seen_at_ms;
                 }
@@ -137,9 +169,15 @@ impl PresenceIndex {
                 if let Some(place) = old {
                     self.remove_slot(place);
                 }
-                let bucket = self.cells.entry(cell).or_default();
-                let pos = bucket.len() as u32;
-                bucket.push(Slot {
+                if !self.cells.contains_key(&cell) {
+                    self.add_cell(cell);
+                }
+                let Some(bucket) = self.cells.get_mut(&cell) else {
+                    return rid;
+                };
+                let slots = &mut bucket.slots;
+                let pos = slots.len() as u32;
+                slots.push(Slot {
                     rid,
                     unit,
                     seen_at_ms,
@@ -154,22 +192,59 @@ impl PresenceIndex {
         rid
     }
 
+    /// A new occupied cell: its bucket, and its entry under its parent.
+    fn add_cell(&mut self, cell: CellIndex) {
+        let centre = geo::center(cell);
+        self.cells.insert(
+            cell,
+            Bucket {
+                slots: Vec::new(),
+                centre,
+            },
+        );
+        let Some(parent) = parent_of(cell) else {
+            return;
+        };
+        let entry = self.parents.entry(parent).or_insert_with(|| Parent {
+            centre: geo::center(parent),
+            reach_m: 0.0,
+            children: Vec::new(),
+        });
+        entry.reach_m = entry.reach_m.max(geo::distance_m(entry.centre, centre));
+        entry.children.push(cell);
+        self.max_reach_m = self.max_reach_m.max(entry.reach_m);
+    }
+
+    fn remove_cell(&mut self, cell: CellIndex) {
+        self.cells.remove(&cell);
+        let Some(parent) = parent_of(cell) else {
+            return;
+        };
+        if let Some(entry) = self.parents.get_mut(&parent) {
+            entry.children.retain(|c| *c != cell);
+            if entry.children.is_empty() {
+                self.parents.remove(&parent);
+            }
+        }
+    }
+
     fn remove_slot(&mut self, place: Place) {
         let Some(bucket) = self.cells.get_mut(&place.cell) else {
             return;
         };
+        let slots = &mut bucket.slots;
         let pos = place.pos as usize;
-        if pos >= bucket.len() {
+        if pos >= slots.len() {
             return;
         }
-        bucket.swap_remove(pos);
-        if let Some(moved) = bucket.get(pos).copied()
+        slots.swap_remove(pos);
+        if let Some(moved) = slots.get(pos).copied()
             && let Some(p) = self.responders[moved.rid.0 as usize].place.as_mut()
         {
             p.pos = pos as u32;
         }
-        if bucket.is_empty() {
-            self.cells.remove(&place.cell);
+        if slots.is_empty() {
+            self.remove_cell(place.cell);
         }
     }
 
@@ -192,7 +267,11 @@ impl PresenceIndex {
             .filter_map(|cell| {
                 let bucket = self.cells.get(cell)?;
                 let mut counts = [0usize; 3];
-                for s in bucket.iter().filter(|s| s.seen_at_ms >= fresh_after_ms) {
+                for s in bucket
+                    .slots
+                    .iter()
+                    .filter(|s| s.seen_at_ms >= fresh_after_ms)
+                {
                     counts[Unit::ALL.iter().position(|u| *u == s.unit).unwrap_or(0)] += 1;
                 }
                 let by_unit: Vec<(Unit, usize)> = Unit::ALL
@@ -216,12 +295,79 @@ impl PresenceIndex {
     ) {
         for cell in cells {
             if let Some(bucket) = self.cells.get(cell) {
-                out.extend(
-                    bucket
-                        .iter()
-                        .filter(|s| s.seen_at_ms >= fresh_after_ms && units.contains(s.unit))
-                        .map(|s| s.rid),
-                );
+                bucket.take_into(units, fresh_after_ms, out);
+            }
+        }
+    }
+
+    /// Appends to `out` every responder of `units` seen at or after
+    /// `fresh_after_ms` whose cell centre lies within `radius_m` of
+    /// `centre`: the same set as [`geo::cover`] then [`Self::select_into`],
+    /// without computing the cover.
+    pub fn select_circle(
+        &self,
+        centre: LatLng,
+        radius_m: f64,
+        units: UnitSet,
+        fresh_after_ms: u64,
+        out: &mut Vec<ResponderId>,
+    ) {
+        let Some(any) = self.cells.keys().next() else {
+            return;
+        };
+        let Some(parent_res) = parent_of(*any).map(|p| p.resolution()) else {
+            // Too coarse a presence resolution to have parents: cover it.
+            if let Ok(cells) = geo::cover(centre, radius_m, any.resolution()) {
+                self.select_into(&cells, units, fresh_after_ms, out);
+            }
+            return;
+        };
+        let reach = radius_m + self.max_reach_m + REACH_SLACK_M;
+        let cover_cells =
+            (std::f64::consts::PI * reach * reach / parent_res.area_m2()) as usize + 7;
+        let scan_all = self.parents.len() <= cover_cells.saturating_mul(COVER_CELL_COST);
+        self.select_circle_by(centre, radius_m, units, fresh_after_ms, scan_all, out);
+    }
+
+    /// [`Self::select_circle`] with the strategy chosen by the caller:
+    /// `scan_all` tests every occupied parent, otherwise only those in the
+    /// parent-level cover of the circle widened by the largest reach.
+    fn select_circle_by(
+        &self,
+        centre: LatLng,
+        radius_m: f64,
+        units: UnitSet,
+        fresh_after_ms: u64,
+        scan_all: bool,
+        out: &mut Vec<ResponderId>,
+    ) {
+        let mut visit = |parent: &Parent| {
+            let d = geo::distance_m(parent.centre, centre);
+            if d - parent.reach_m > radius_m + REACH_SLACK_M {
+                return;
+            }
+            let whole = d + parent.reach_m + REACH_SLACK_M <= radius_m;
+            for child in &parent.children {
+                if let Some(bucket) = self.cells.get(child)
+                    && (whole || geo::distance_m(bucket.centre, centre) <= radius_m)
+                {
+                    bucket.take_into(units, fresh_after_ms, out);
+                }
+            }
+        };
+        if scan_all {
+            self.parents.values().for_each(&mut visit);
+            return;
+        }
+        let Some(parent_res) = self.parents.keys().next().map(|p| p.resolution()) else {
+            return;
+        };
+        let reach = radius_m + self.max_reach_m + REACH_SLACK_M;
+        if let Ok(candidates) = geo::cover(centre, reach, parent_res) {
+            for p in candidates {
+                if let Some(parent) = self.parents.get(&p) {
+                    visit(parent);
+                }
             }
         }
     }
@@ -253,6 +399,23 @@ impl PresenceIndex {
     }
 }
 
+impl Bucket {
+    fn take_into(&self, units: UnitSet, fresh_after_ms: u64, out: &mut Vec<ResponderId>) {
+        out.extend(
+            self.slots
+                .iter()
+                .filter(|s| s.seen_at_ms >= fresh_after_ms && units.contains(s.unit))
+                .map(|s| s.rid),
+        );
+    }
+}
+
+/// The cell two resolutions coarser (49 cells of ours), if there is one.
+fn parent_of(cell: CellIndex) -> Option<CellIndex> {
+    let res = cell.resolution().pred()?.pred()?;
+    cell.parent(res)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,7 +445,7 @@ mod tests {
         got.sort();
         assert_eq!(got, vec![ResponderId(3), ResponderId(9)]);
         for (cell, bucket) in &idx.cells {
-            for (pos, slot) in bucket.iter().enumerate() {
+            for (pos, slot) in bucket.slots.iter().enumerate() {
                 let place = idx.responders[slot.rid.0 as usize].place.expect("place");
                 assert_eq!((place.cell, place.pos as usize), (*cell, pos));
             }
@@ -354,7 +517,17 @@ mod properties {
             fast.sort();
             let mut slow = idx.select_by_scan(c, radius, units, fresh_after);
             slow.sort();
-            prop_assert_eq!(fast, slow);
+            prop_assert_eq!(&fast, &slow);
+            for scan_all in [true, false] {
+                let mut by_parents = Vec::new();
+                idx.select_circle_by(c, radius, units, fresh_after, scan_all, &mut by_parents);
+                by_parents.sort();
+                prop_assert_eq!(&by_parents, &slow, "scan_all = {}", scan_all);
+            }
+            let mut chosen = Vec::new();
+            idx.select_circle(c, radius, units, fresh_after, &mut chosen);
+            chosen.sort();
+            prop_assert_eq!(&chosen, &slow);
         }
     }
 }
