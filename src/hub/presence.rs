@@ -48,11 +48,13 @@ struct Slot {
     seen_at_ms: u64,
 }
 
-/// The responders in one cell, and the cell's centre (computed once).
+/// The responders in one cell, and the cell's centre (computed once, also
+/// as a unit vector for the fast distance test).
 #[derive(Debug)]
 struct Bucket {
     slots: Vec<Slot>,
     centre: LatLng,
+    xyz: [f64; 3],
 }
 
 /// An occupied parent cell: its occupied children and how far their centres
@@ -60,8 +62,86 @@ struct Bucket {
 #[derive(Debug)]
 struct Parent {
     centre: LatLng,
+    xyz: [f64; 3],
     reach_m: f64,
     children: Vec<CellIndex>,
+}
+
+/// Great-circle distance tests as dot products of unit vectors (a few
+/// multiplications instead of haversine's trigonometry), with a band of
+/// `BAND_M` around each threshold inside which the exact
+/// [`geo::distance_m`] decides, so results match it exactly: the float
+/// error of the dot product is orders of magnitude inside the band.
+struct Circle {
+    centre: LatLng,
+    xyz: [f64; 3],
+    radius_m: f64,
+    /// `dot ≥ sure_in` ⇒ within the radius; `dot < sure_out` ⇒ outside.
+    sure_in: f64,
+    sure_out: f64,
+    /// `dot < skip` ⇒ no child of the parent can be within the radius;
+    /// `dot ≥ whole` ⇒ every child is.
+    skip: f64,
+    whole: f64,
+}
+
+/// The mean Earth radius `geo`'s haversine uses.
+const EARTH_RADIUS_M: f64 = 6_371_008.8;
+const BAND_M: f64 = 1.0;
+
+fn unit_vector(p: LatLng) -> [f64; 3] {
+    let (lat, lng) = (p.lat.to_radians(), p.lng.to_radians());
+    [lat.cos() * lng.cos(), lat.cos() * lng.sin(), lat.sin()]
+}
+
+fn dot(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+/// cos of the angle a great-circle distance subtends, clamped to [0, π];
+/// a negative distance gives +∞ (nothing is that close).
+fn cos_of(distance_m: f64) -> f64 {
+    if distance_m < 0.0 {
+        return f64::INFINITY;
+    }
+    (distance_m / EARTH_RADIUS_M)
+        .min(std::f64::consts::PI)
+        .cos()
+}
+
+impl Circle {
+    fn new(centre: LatLng, radius_m: f64, max_reach_m: f64) -> Self {
+        let exact_only = radius_m < 2.0 * BAND_M;
+        let reach = max_reach_m + REACH_SLACK_M + BAND_M;
+        Self {
+            centre,
+            xyz: unit_vector(centre),
+            radius_m,
+            sure_in: if exact_only {
+                f64::INFINITY
+            } else {
+                cos_of(radius_m - BAND_M)
+            },
+            sure_out: if exact_only {
+                f64::NEG_INFINITY
+            } else {
+                cos_of(radius_m + BAND_M)
+            },
+            skip: cos_of(radius_m + reach),
+            whole: cos_of(radius_m - reach),
+        }
+    }
+
+    fn contains(&self, xyz: &[f64; 3], centre: LatLng) -> bool {
+        let d = dot(xyz, &self.xyz);
+        if d >= self.sure_in {
+            true
+        } else if d < self.sure_out {
+            false
+        } else {
+            geo::distance_m(centre, self.centre) <= self.radius_m
+        }
+    }
 }
 
 /// Slack for float error in the triangle-inequality shortcuts: a parent is
@@ -200,15 +280,20 @@ impl PresenceIndex {
             Bucket {
                 slots: Vec::new(),
                 centre,
+                xyz: unit_vector(centre),
             },
         );
         let Some(parent) = parent_of(cell) else {
             return;
         };
-        let entry = self.parents.entry(parent).or_insert_with(|| Parent {
-            centre: geo::center(parent),
-            reach_m: 0.0,
-            children: Vec::new(),
+        let entry = self.parents.entry(parent).or_insert_with(|| {
+            let centre = geo::center(parent);
+            Parent {
+                centre,
+                xyz: unit_vector(centre),
+                reach_m: 0.0,
+                children: Vec::new(),
+            }
         });
         entry.reach_m = entry.reach_m.max(geo::distance_m(entry.centre, centre));
         entry.children.push(cell);
@@ -341,15 +426,18 @@ impl PresenceIndex {
         scan_all: bool,
         out: &mut Vec<ResponderId>,
     ) {
+        // Parents are judged against the largest reach (every parent's
+        // reach is at most that), with the band as extra slack.
+        let circle = Circle::new(centre, radius_m, self.max_reach_m);
         let mut visit = |parent: &Parent| {
-            let d = geo::distance_m(parent.centre, centre);
-            if d - parent.reach_m > radius_m + REACH_SLACK_M {
+            let d = dot(&parent.xyz, &circle.xyz);
+            if d < circle.skip {
                 return;
             }
-            let whole = d + parent.reach_m + REACH_SLACK_M <= radius_m;
+            let whole = d >= circle.whole;
             for child in &parent.children {
                 if let Some(bucket) = self.cells.get(child)
-                    && (whole || geo::distance_m(bucket.centre, centre) <= radius_m)
+                    && (whole || circle.contains(&bucket.xyz, bucket.centre))
                 {
                     bucket.take_into(units, fresh_after_ms, out);
                 }
