@@ -541,6 +541,27 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_centre_exactly_on_the_rim_is_decided_by_the_exact_distance() {
+        let res = resolution(9).expect("res");
+        let centre = LatLng::new(30.7522, 120.7585).expect("ll");
+        let mut idx = PresenceIndex::new();
+        let far = cell_at(LatLng::new(30.7822, 120.7885).expect("ll"), res).expect("cell");
+        idx.set_place(&sub("rim"), Unit::Volunteer, far, 1);
+        let d = geo::distance_m(geo::center(far), centre);
+        for (radius, expected) in [(d, 1), (d * (1.0 - 1e-12), 0), (d + 0.5, 1), (d - 0.5, 0)] {
+            for scan_all in [true, false] {
+                let mut got = Vec::new();
+                idx.select_circle_by(centre, radius, UnitSet::all(), 0, scan_all, &mut got);
+                assert_eq!(
+                    got.len(),
+                    expected,
+                    "radius {radius} (d = {d}), scan_all {scan_all}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn stale_and_wrong_unit_are_filtered() {
         let res = resolution(9).expect("res");
         let a = cell_at(LatLng::new(30.75, 120.75).expect("ll"), res).expect("cell");
