@@ -55,7 +55,6 @@ impl ControlPlane {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("woodpecker-control")
-            .on_thread_start(|| ON_CONTROL_THREAD.set(true))
             .build()?;
         let handle = runtime.handle().clone();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use h3o::CellIndex;
+use h3o::{CellIndex, Resolution};
 
 use crate::domain::{LatLng, Unit, UnitSet};
 use crate::geo;
@@ -80,9 +80,12 @@ struct Circle {
     sure_in: f64,
     sure_out: f64,
     /// `dot < skip` ⇒ no child of the parent can be within the radius;
-    /// `dot ≥ whole` ⇒ every child is.
+    /// `dot ≥ whole` ⇒ every child is. Parents are judged against the
+    /// largest reach (every parent's is at most that), plus the band.
     skip: f64,
     whole: f64,
+    /// Parents whose centre is farther than this are skipped.
+    parent_radius_m: f64,
 }
 
 /// The mean Earth radius `geo`'s haversine uses.
@@ -129,6 +132,7 @@ impl Circle {
             },
             skip: cos_of(radius_m + reach),
             whole: cos_of(radius_m - reach),
+            parent_radius_m: radius_m + reach,
         }
     }
 
@@ -162,6 +166,10 @@ pub struct PresenceIndex {
     parents: FxHashMap<CellIndex, Parent>,
     /// The largest `reach_m` of any parent (bounds the parent-level cover).
     max_reach_m: f64,
+    /// The parents' resolution, known from the first cell placed (the hub
+    /// places every cell at one resolution); `None` until then, and for
+    /// resolutions too coarse to have parents.
+    parent_res: Option<Resolution>,
 }
 
 impl PresenceIndex {
@@ -298,6 +306,7 @@ impl PresenceIndex {
         entry.reach_m = entry.reach_m.max(geo::distance_m(entry.centre, centre));
         entry.children.push(cell);
         self.max_reach_m = self.max_reach_m.max(entry.reach_m);
+        self.parent_res = Some(parent.resolution());
     }
 
     fn remove_cell(&mut self, cell: CellIndex) {
@@ -397,21 +406,21 @@ impl PresenceIndex {
         fresh_after_ms: u64,
         out: &mut Vec<ResponderId>,
     ) {
-        let Some(any) = self.cells.keys().next() else {
-            return;
-        };
-        let Some(parent_res) = parent_of(*any).map(|p| p.resolution()) else {
-            // Too coarse a presence resolution to have parents: cover it.
-            if let Ok(cells) = geo::cover(centre, radius_m, any.resolution()) {
+        let Some(parent_res) = self.parent_res else {
+            // No cell yet, or a presence resolution too coarse to have
+            // parents: cover the circle at the cells' own resolution.
+            if let Some(res) = self.cells.keys().next().map(|c| c.resolution())
+                && let Ok(cells) = geo::cover(centre, radius_m, res)
+            {
                 self.select_into(&cells, units, fresh_after_ms, out);
             }
             return;
         };
-        let reach = radius_m + self.max_reach_m + REACH_SLACK_M;
-        let cover_cells =
-            (std::f64::consts::PI * reach * reach / parent_res.area_m2()) as usize + 7;
+        let circle = Circle::new(centre, radius_m, self.max_reach_m);
+        let r = circle.parent_radius_m;
+        let cover_cells = (std::f64::consts::PI * r * r / parent_res.area_m2()) as usize + 7;
         let scan_all = self.parents.len() <= cover_cells.saturating_mul(COVER_CELL_COST);
-        self.select_circle_by(centre, radius_m, units, fresh_after_ms, scan_all, out);
+        self.select_circle_by(&circle, units, fresh_after_ms, scan_all, out);
     }
 
     /// [`Self::select_circle`] with the strategy chosen by the caller:
@@ -419,16 +428,12 @@ impl PresenceIndex {
     /// parent-level cover of the circle widened by the largest reach.
     fn select_circle_by(
         &self,
-        centre: LatLng,
-        radius_m: f64,
+        circle: &Circle,
         units: UnitSet,
         fresh_after_ms: u64,
         scan_all: bool,
         out: &mut Vec<ResponderId>,
     ) {
-        // Parents are judged against the largest reach (every parent's
-        // reach is at most that), with the band as extra slack.
-        let circle = Circle::new(centre, radius_m, self.max_reach_m);
         let mut visit = |parent: &Parent| {
             let d = dot(&parent.xyz, &circle.xyz);
             if d < circle.skip {
@@ -447,11 +452,10 @@ impl PresenceIndex {
             self.parents.values().for_each(&mut visit);
             return;
         }
-        let Some(parent_res) = self.parents.keys().next().map(|p| p.resolution()) else {
+        let Some(parent_res) = self.parent_res else {
             return;
         };
-        let reach = radius_m + self.max_reach_m + REACH_SLACK_M;
-        if let Ok(candidates) = geo::cover(centre, reach, parent_res) {
+        if let Ok(candidates) = geo::cover(circle.centre, circle.parent_radius_m, parent_res) {
             for p in candidates {
                 if let Some(parent) = self.parents.get(&p) {
                     visit(parent);
@@ -551,7 +555,8 @@ mod tests {
         for (radius, expected) in [(d, 1), (d * (1.0 - 1e-12), 0), (d + 0.5, 1), (d - 0.5, 0)] {
             for scan_all in [true, false] {
                 let mut got = Vec::new();
-                idx.select_circle_by(centre, radius, UnitSet::all(), 0, scan_all, &mut got);
+                let circle = Circle::new(centre, radius, idx.max_reach_m);
+                idx.select_circle_by(&circle, UnitSet::all(), 0, scan_all, &mut got);
                 assert_eq!(
                     got.len(),
                     expected,
@@ -629,7 +634,8 @@ mod properties {
             prop_assert_eq!(&fast, &slow);
             for scan_all in [true, false] {
                 let mut by_parents = Vec::new();
-                idx.select_circle_by(c, radius, units, fresh_after, scan_all, &mut by_parents);
+                let circle = Circle::new(c, radius, idx.max_reach_m);
+                idx.select_circle_by(&circle, units, fresh_after, scan_all, &mut by_parents);
                 by_parents.sort();
                 prop_assert_eq!(&by_parents, &slow, "scan_all = {}", scan_all);
             }

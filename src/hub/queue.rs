@@ -83,14 +83,6 @@ impl SessionQueue {
             st.items.shrink_to(KEEP_CAPACITY);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.state.lock().items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Outbox for SessionQueue {
@@ -136,7 +128,7 @@ mod tests {
         q.take_batch(100, &mut out);
         let seqs: Vec<u64> = out.iter().map(Outgoing::seq).collect();
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
-        assert!(q.is_empty());
+        assert!(q.state.lock().items.is_empty());
     }
 
     #[tokio::test]
@@ -145,7 +137,11 @@ mod tests {
         assert_eq!(q.offer(item(1)), Offer::Queued);
         assert_eq!(q.offer(item(2)), Offer::Queued);
         assert_eq!(q.offer(item(3)), Offer::Full);
-        assert_eq!(q.len(), 2, "the refused frame is not queued");
+        assert_eq!(
+            q.state.lock().items.len(),
+            2,
+            "the refused frame is not queued"
+        );
         assert_eq!(q.ready().await, Ready::Overflow);
     }
 
